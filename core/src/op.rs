@@ -1,0 +1,215 @@
+//! Client ops (PROTOCOL.md section 3): parsed, not just validated, so the server
+//! acts on types that cannot be wrong.
+
+use simd_json::prelude::*;
+use simd_json::BorrowedValue;
+
+use crate::channel::is_valid_channel;
+use crate::error::ProtocolError;
+use crate::{ErrorCode, StreamId};
+
+/// Where a stream subscription starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// With the first entry added after the subscription took effect.
+    Live,
+    /// After this id (replay).
+    Since(StreamId),
+    /// With the newest N retained entries.
+    Last(u64),
+}
+
+/// One op from a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Subscribe { channel: String, start: Start },
+    Unsubscribe { channel: String },
+    Ping,
+    Auth { token: String },
+    Publish { channel: String },
+}
+
+/// A parsed op and its `req`, to be echoed in the reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub req: Option<u64>,
+    pub op: Op,
+}
+
+/// An op that could not be parsed, with the `req` to echo when it was readable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpError {
+    pub req: Option<u64>,
+    pub error: ProtocolError,
+}
+
+fn bad(req: Option<u64>, code: ErrorCode, message: impl Into<String>) -> OpError {
+    OpError {
+        req,
+        error: ProtocolError::new(code, message),
+    }
+}
+
+/// Parses one text message. simd-json parses in place, hence `&mut`.
+pub fn parse(text: &mut [u8]) -> Result<Request, OpError> {
+    let value = simd_json::to_borrowed_value(text)
+        .map_err(|_| bad(None, ErrorCode::BadRequest, "message is not valid JSON"))?;
+    let BorrowedValue::Object(obj) = &value else {
+        return Err(bad(None, ErrorCode::BadRequest, "message must be a JSON object"));
+    };
+    let req = match obj.get("req") {
+        None => None,
+        Some(v) => Some(
+            v.as_u64()
+                .ok_or_else(|| bad(None, ErrorCode::BadRequest, "`req` must be an unsigned integer"))?,
+        ),
+    };
+    let op = match obj.get("op") {
+        None => return Err(bad(req, ErrorCode::BadRequest, "missing field `op`")),
+        Some(v) => v
+            .as_str()
+            .ok_or_else(|| bad(req, ErrorCode::BadRequest, "`op` must be a string"))?,
+    };
+    let string_field = |name: &str| -> Result<&str, OpError> {
+        match obj.get(name) {
+            None => Err(bad(req, ErrorCode::BadRequest, format!("missing field `{name}`"))),
+            Some(v) => v
+                .as_str()
+                .ok_or_else(|| bad(req, ErrorCode::BadRequest, format!("`{name}` must be a string"))),
+        }
+    };
+    let channel_field = || -> Result<String, OpError> {
+        let name = string_field("channel")?;
+        if is_valid_channel(name) {
+            Ok(name.to_owned())
+        } else {
+            Err(bad(
+                req,
+                ErrorCode::BadChannel,
+                "channel must be 1 to 200 bytes of A-Z a-z 0-9 _ . : @ / -",
+            ))
+        }
+    };
+    let op = match op {
+        "subscribe" => {
+            let channel = channel_field()?;
+            let since = match obj.get("since") {
+                None => None,
+                Some(v) => Some(
+                    v.as_str()
+                        .and_then(|s| s.parse::<StreamId>().ok())
+                        .ok_or_else(|| {
+                            bad(req, ErrorCode::BadRequest, "`since` must be a stream id like \"1732700000000-0\"")
+                        })?,
+                ),
+            };
+            let last = match obj.get("last") {
+                None => None,
+                Some(v) => Some(
+                    v.as_u64()
+                        .ok_or_else(|| bad(req, ErrorCode::BadRequest, "`last` must be an unsigned integer"))?,
+                ),
+            };
+            let start = match (since, last) {
+                (None, None) => Start::Live,
+                (Some(id), None) => Start::Since(id),
+                (None, Some(n)) => Start::Last(n),
+                (Some(_), Some(_)) => {
+                    return Err(bad(req, ErrorCode::BadRequest, "`since` and `last` cannot be used together"))
+                }
+            };
+            Op::Subscribe { channel, start }
+        }
+        "unsubscribe" => Op::Unsubscribe {
+            channel: channel_field()?,
+        },
+        "ping" => Op::Ping,
+        "auth" => Op::Auth {
+            token: string_field("token")?.to_owned(),
+        },
+        "publish" => {
+            let channel = channel_field()?;
+            if obj.get("data").is_none() {
+                return Err(bad(req, ErrorCode::BadRequest, "missing field `data`"));
+            }
+            Op::Publish { channel }
+        }
+        other => {
+            return Err(bad(req, ErrorCode::UnknownOp, format!("unknown op `{}`", truncate(other, 64))));
+        }
+    };
+    Ok(Request { req, op })
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn p(s: &str) -> Result<Request, OpError> {
+        parse(&mut s.as_bytes().to_vec())
+    }
+
+    fn code(s: &str) -> (Option<u64>, ErrorCode) {
+        let e = p(s).unwrap_err();
+        (e.req, e.error.code)
+    }
+
+    #[test]
+    fn parses_each_op() {
+        assert_eq!(
+            p(r#"{"op":"subscribe","channel":"md.x","req":4}"#).unwrap(),
+            Request { req: Some(4), op: Op::Subscribe { channel: "md.x".into(), start: Start::Live } }
+        );
+        assert_eq!(
+            p(r#"{"op":"subscribe","channel":"md.x","since":"5-1"}"#).unwrap().op,
+            Op::Subscribe { channel: "md.x".into(), start: Start::Since(StreamId::new(5, 1)) }
+        );
+        assert_eq!(
+            p(r#"{"op":"subscribe","channel":"md.x","last":10}"#).unwrap().op,
+            Op::Subscribe { channel: "md.x".into(), start: Start::Last(10) }
+        );
+        assert_eq!(p(r#"{"op":"unsubscribe","channel":"a"}"#).unwrap().op, Op::Unsubscribe { channel: "a".into() });
+        assert_eq!(p(r#"{"op":"ping"}"#).unwrap(), Request { req: None, op: Op::Ping });
+        assert_eq!(p(r#"{"op":"auth","token":"t"}"#).unwrap().op, Op::Auth { token: "t".into() });
+        assert_eq!(p(r#"{"op":"publish","channel":"a","data":null}"#).unwrap().op, Op::Publish { channel: "a".into() });
+    }
+
+    #[test]
+    fn maps_each_bad_input_to_its_code() {
+        assert_eq!(code("nope"), (None, ErrorCode::BadRequest));
+        assert_eq!(code("[1]"), (None, ErrorCode::BadRequest));
+        assert_eq!(code(r#"{"op":"ping","req":-1}"#), (None, ErrorCode::BadRequest));
+        assert_eq!(code(r#"{"op":"ping","req":"1"}"#), (None, ErrorCode::BadRequest));
+        assert_eq!(code(r#"{"req":2}"#), (Some(2), ErrorCode::BadRequest));
+        assert_eq!(code(r#"{"op":5,"req":2}"#), (Some(2), ErrorCode::BadRequest));
+        assert_eq!(code(r#"{"op":"dance","req":3}"#), (Some(3), ErrorCode::UnknownOp));
+        assert_eq!(code(r#"{"op":"subscribe","req":3}"#), (Some(3), ErrorCode::BadRequest));
+        assert_eq!(code(r#"{"op":"subscribe","channel":7}"#), (None, ErrorCode::BadRequest));
+        assert_eq!(code(r#"{"op":"subscribe","channel":"a b"}"#), (None, ErrorCode::BadChannel));
+        assert_eq!(code(r#"{"op":"subscribe","channel":""}"#), (None, ErrorCode::BadChannel));
+        assert_eq!(code(r#"{"op":"subscribe","channel":"a","since":"x"}"#), (None, ErrorCode::BadRequest));
+        assert_eq!(code(r#"{"op":"subscribe","channel":"a","since":5}"#), (None, ErrorCode::BadRequest));
+        assert_eq!(code(r#"{"op":"subscribe","channel":"a","last":-1}"#), (None, ErrorCode::BadRequest));
+        assert_eq!(code(r#"{"op":"subscribe","channel":"a","last":1.5}"#), (None, ErrorCode::BadRequest));
+        assert_eq!(code(r#"{"op":"subscribe","channel":"a","last":1,"since":"1-1"}"#), (None, ErrorCode::BadRequest));
+        assert_eq!(code(r#"{"op":"unsubscribe"}"#), (None, ErrorCode::BadRequest));
+        assert_eq!(code(r#"{"op":"publish","channel":"a"}"#), (None, ErrorCode::BadRequest));
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let mut b = bytes;
+            let _ = parse(&mut b);
+        }
+    }
+}

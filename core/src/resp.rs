@@ -1,0 +1,333 @@
+//! RESP: commands encoded and replies decoded with redis-protocol (RESP3, which
+//! also reads RESP2 replies), turned into the types the server acts on.
+
+use bytes::{Bytes, BytesMut};
+use redis_protocol::resp3::decode::complete::decode_bytes_mut;
+use redis_protocol::resp3::encode::complete::extend_encode_borrowed;
+use redis_protocol::resp3::types::{BorrowedFrame, BytesFrame};
+
+use crate::replay::StreamInfo;
+use crate::StreamId;
+
+pub use redis_protocol::resp3::types::BytesFrame as Reply;
+
+/// A reply that does not have the shape its command promises.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplyError {
+    /// Redis answered with an error.
+    #[error("redis error: {0}")]
+    Redis(String),
+    /// The reply's shape is not what the command returns.
+    #[error("unexpected reply shape: {0}")]
+    Shape(&'static str),
+}
+
+/// The byte stream from Redis is not RESP.
+#[derive(Debug, thiserror::Error)]
+#[error("RESP decode error: {0}")]
+pub struct DecodeError(String);
+
+/// Appends `args` as one command (an array of blob strings).
+pub fn encode_command(out: &mut BytesMut, args: &[&[u8]]) {
+    let parts: Vec<BorrowedFrame<'_>> = args
+        .iter()
+        .map(|a| BorrowedFrame::BlobString {
+            data: a,
+            attributes: None,
+        })
+        .collect();
+    let frame = BorrowedFrame::Array {
+        data: &parts,
+        attributes: None,
+    };
+    // Encoding an array of blob strings into a growable buffer cannot fail.
+    let _ = extend_encode_borrowed(out, &frame, false);
+}
+
+/// Takes one complete reply off the front of `buf`, or `None` when more bytes
+/// are needed. The reply's strings share `buf`'s memory (no copy).
+pub fn decode(buf: &mut BytesMut) -> Result<Option<Reply>, DecodeError> {
+    match decode_bytes_mut(buf) {
+        Ok(Some((frame, _, _))) => Ok(Some(frame)),
+        Ok(None) => Ok(None),
+        Err(e) => Err(DecodeError(e.to_string())),
+    }
+}
+
+/// The text of an error reply, if `frame` is one.
+pub fn error_text(frame: &Reply) -> Option<String> {
+    match frame {
+        BytesFrame::SimpleError { data, .. } => Some(data.to_string()),
+        BytesFrame::BlobError { data, .. } => Some(String::from_utf8_lossy(data).into_owned()),
+        _ => None,
+    }
+}
+
+fn check_error(frame: &Reply) -> Result<(), ReplyError> {
+    match error_text(frame) {
+        Some(text) => Err(ReplyError::Redis(text)),
+        None => Ok(()),
+    }
+}
+
+fn bytes_of(frame: &Reply) -> Option<&Bytes> {
+    match frame {
+        BytesFrame::BlobString { data, .. }
+        | BytesFrame::SimpleString { data, .. }
+        | BytesFrame::VerbatimString { data, .. } => Some(data),
+        _ => None,
+    }
+}
+
+fn stream_id_of(frame: &Reply) -> Result<StreamId, ReplyError> {
+    bytes_of(frame)
+        .and_then(|b| StreamId::parse(b).ok())
+        .ok_or(ReplyError::Shape("stream id"))
+}
+
+fn integer_of(frame: &Reply) -> Result<i64, ReplyError> {
+    match frame {
+        BytesFrame::Number { data, .. } => Ok(*data),
+        other => bytes_of(other)
+            .and_then(|b| std::str::from_utf8(b).ok()?.parse().ok())
+            .ok_or(ReplyError::Shape("integer")),
+    }
+}
+
+/// A reply's `OK` or integer, for commands whose answer is only success.
+pub fn expect_ok(frame: &Reply) -> Result<(), ReplyError> {
+    check_error(frame)
+}
+
+/// The integer of an integer reply.
+pub fn integer(frame: &Reply) -> Result<i64, ReplyError> {
+    check_error(frame)?;
+    integer_of(frame)
+}
+
+/// One stream entry: its id and its fields in entry order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub id: StreamId,
+    pub fields: Vec<(Bytes, Bytes)>,
+}
+
+fn entry(frame: Reply) -> Result<Entry, ReplyError> {
+    let BytesFrame::Array { data, .. } = frame else {
+        return Err(ReplyError::Shape("entry"));
+    };
+    let [id, fields]: [Reply; 2] = data.try_into().map_err(|_| ReplyError::Shape("entry"))?;
+    let id = stream_id_of(&id)?;
+    let fields = match fields {
+        BytesFrame::Array { data, .. } => data,
+        // An entry whose fields were deleted comes back as nil from some versions.
+        BytesFrame::Null => Vec::new(),
+        _ => return Err(ReplyError::Shape("entry fields")),
+    };
+    if fields.len() % 2 != 0 {
+        return Err(ReplyError::Shape("odd field count"));
+    }
+    let mut pairs = Vec::with_capacity(fields.len() / 2);
+    let mut iter = fields.into_iter();
+    while let (Some(name), Some(value)) = (iter.next(), iter.next()) {
+        let name = bytes_of(&name).ok_or(ReplyError::Shape("field name"))?.clone();
+        let value = bytes_of(&value).ok_or(ReplyError::Shape("field value"))?.clone();
+        pairs.push((name, value));
+    }
+    Ok(Entry { id, fields: pairs })
+}
+
+/// The entries of an XRANGE or XREVRANGE reply, in reply order.
+pub fn entries(frame: Reply) -> Result<Vec<Entry>, ReplyError> {
+    check_error(&frame)?;
+    match frame {
+        BytesFrame::Array { data, .. } => data.into_iter().map(entry).collect(),
+        BytesFrame::Null => Ok(Vec::new()),
+        _ => Err(ReplyError::Shape("entry list")),
+    }
+}
+
+/// The entries of an XREAD reply, per stream key. A timed-out XREAD BLOCK
+/// (nil) gives none.
+//= https://redis.io/docs/latest/commands/xread/
+//# the command returns an array of results: each element of the returned array
+//# is an array composed of two elements containing the key name and the entries
+//# reported for that key (RESP2); RESP3 returns a map of key to entries.
+pub fn xread(frame: Reply) -> Result<Vec<(Bytes, Vec<Entry>)>, ReplyError> {
+    check_error(&frame)?;
+    match frame {
+        BytesFrame::Null => Ok(Vec::new()),
+        BytesFrame::Map { data, .. } => data
+            .into_iter()
+            .map(|(key, list)| {
+                let key = bytes_of(&key).ok_or(ReplyError::Shape("stream key"))?.clone();
+                Ok((key, entries(list)?))
+            })
+            .collect(),
+        BytesFrame::Array { data, .. } => data
+            .into_iter()
+            .map(|pair| {
+                let BytesFrame::Array { data, .. } = pair else {
+                    return Err(ReplyError::Shape("xread stream"));
+                };
+                let [key, list]: [Reply; 2] = data.try_into().map_err(|_| ReplyError::Shape("xread stream"))?;
+                let key = bytes_of(&key).ok_or(ReplyError::Shape("stream key"))?.clone();
+                Ok((key, entries(list)?))
+            })
+            .collect(),
+        _ => Err(ReplyError::Shape("xread reply")),
+    }
+}
+
+/// The fields of XINFO STREAM that decide `recovered`.
+pub fn stream_info(frame: Reply) -> Result<StreamInfo, ReplyError> {
+    check_error(&frame)?;
+    let pairs: Vec<(Reply, Reply)> = match frame {
+        BytesFrame::Map { data, .. } => data.into_iter().collect(),
+        BytesFrame::Array { data, .. } => {
+            let mut iter = data.into_iter();
+            let mut pairs = Vec::new();
+            while let (Some(k), Some(v)) = (iter.next(), iter.next()) {
+                pairs.push((k, v));
+            }
+            pairs
+        }
+        _ => return Err(ReplyError::Shape("xinfo reply")),
+    };
+    let mut info = StreamInfo::default();
+    let mut seen_added = false;
+    for (key, value) in pairs {
+        let Some(key) = bytes_of(&key) else { continue };
+        match key.as_ref() {
+            b"length" => info.length = integer_of(&value)?.max(0) as u64,
+            b"last-generated-id" => info.last_generated_id = stream_id_of(&value)?,
+            b"max-deleted-entry-id" => info.max_deleted_id = stream_id_of(&value)?,
+            b"entries-added" => {
+                info.entries_added = integer_of(&value)?.max(0) as u64;
+                seen_added = true;
+            }
+            b"first-entry" => {
+                info.first_entry = match value {
+                    BytesFrame::Null => None,
+                    other => Some(entry(other)?.id),
+                }
+            }
+            _ => {}
+        }
+    }
+    if !seen_added {
+        // Before Redis 7.0 nothing records removals: never claim recovery.
+        info.entries_added = u64::MAX;
+        info.max_deleted_id = StreamId::new(u64::MAX, u64::MAX);
+    }
+    Ok(info)
+}
+
+/// An out-of-band message on a subscribed connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Push {
+    /// A published message.
+    Message { channel: Bytes, body: Bytes },
+    /// Confirmation of SUBSCRIBE for one channel.
+    Subscribed { channel: Bytes },
+    /// Confirmation of UNSUBSCRIBE for one channel.
+    Unsubscribed { channel: Bytes },
+    /// Anything else (pattern messages, invalidations).
+    Other,
+}
+
+/// Reads a pub/sub push; `None` when `frame` is not a push (a command reply).
+pub fn push(frame: &Reply) -> Option<Push> {
+    let BytesFrame::Push { data, .. } = frame else {
+        return None;
+    };
+    let kind = data.first().and_then(bytes_of)?;
+    let arg = |i: usize| data.get(i).and_then(bytes_of).cloned();
+    Some(match kind.as_ref() {
+        b"message" => match (arg(1), arg(2)) {
+            (Some(channel), Some(body)) => Push::Message { channel, body },
+            _ => Push::Other,
+        },
+        b"subscribe" => arg(1).map_or(Push::Other, |channel| Push::Subscribed { channel }),
+        b"unsubscribe" => arg(1).map_or(Push::Other, |channel| Push::Unsubscribed { channel }),
+        _ => Push::Other,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(raw: &[u8]) -> Reply {
+        let mut buf = BytesMut::from(raw);
+        let frame = decode(&mut buf).unwrap().unwrap();
+        assert!(buf.is_empty());
+        frame
+    }
+
+    #[test]
+    fn encodes_commands_as_blob_arrays() {
+        let mut out = BytesMut::new();
+        encode_command(&mut out, &[b"XADD", b"s", b"*", b"data", b"{}"]);
+        assert_eq!(&out[..], b"*5\r\n$4\r\nXADD\r\n$1\r\ns\r\n$1\r\n*\r\n$4\r\ndata\r\n$2\r\n{}\r\n");
+    }
+
+    #[test]
+    fn waits_for_a_complete_reply() {
+        let mut buf = BytesMut::from(&b"*2\r\n$1\r\na"[..]);
+        assert!(decode(&mut buf).unwrap().is_none());
+        assert_eq!(buf.len(), 9, "nothing consumed until complete");
+    }
+
+    #[test]
+    fn decodes_a_resp3_xread_map() {
+        let raw = b"%1\r\n$1\r\ns\r\n*2\r\n*2\r\n$3\r\n1-0\r\n*2\r\n$4\r\ndata\r\n$1\r\n1\r\n*2\r\n$3\r\n2-5\r\n*4\r\n$2\r\npx\r\n$1\r\n1\r\n$1\r\nq\r\n$1\r\n2\r\n";
+        let streams = xread(one(raw)).unwrap();
+        assert_eq!(streams.len(), 1);
+        let (key, entries) = &streams[0];
+        assert_eq!(&key[..], b"s");
+        assert_eq!(entries[0].id, StreamId::new(1, 0));
+        assert_eq!(entries[1].id, StreamId::new(2, 5));
+        assert_eq!(entries[1].fields.len(), 2);
+        assert_eq!(&entries[1].fields[1].0[..], b"q");
+    }
+
+    #[test]
+    fn decodes_a_resp2_xread_array_and_nil() {
+        let raw = b"*1\r\n*2\r\n$1\r\ns\r\n*1\r\n*2\r\n$3\r\n7-1\r\n*2\r\n$1\r\na\r\n$1\r\nb\r\n";
+        assert_eq!(xread(one(raw)).unwrap()[0].1[0].id, StreamId::new(7, 1));
+        assert!(xread(one(b"_\r\n")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn reports_errors_and_bad_shapes() {
+        assert_eq!(
+            xread(one(b"-WRONGTYPE bad\r\n")).unwrap_err(),
+            ReplyError::Redis("WRONGTYPE bad".into())
+        );
+        assert!(entries(one(b":1\r\n")).is_err());
+        assert!(entries(one(b"*1\r\n*2\r\n$3\r\nxx0\r\n*0\r\n")).is_err());
+    }
+
+    #[test]
+    fn decodes_pushes() {
+        let raw = b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n";
+        assert_eq!(
+            push(&one(raw)),
+            Some(Push::Message { channel: Bytes::from_static(b"ch"), body: Bytes::from_static(b"hi") })
+        );
+        let raw = b">3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n";
+        assert_eq!(push(&one(raw)), Some(Push::Subscribed { channel: Bytes::from_static(b"ch") }));
+        assert_eq!(push(&one(b"+OK\r\n")), None);
+    }
+
+    #[test]
+    fn decodes_xinfo_stream() {
+        let raw = b"%5\r\n$6\r\nlength\r\n:2\r\n$17\r\nlast-generated-id\r\n$3\r\n5-0\r\n$20\r\nmax-deleted-entry-id\r\n$3\r\n0-0\r\n$13\r\nentries-added\r\n:5\r\n$11\r\nfirst-entry\r\n*2\r\n$3\r\n4-0\r\n*2\r\n$1\r\na\r\n$1\r\nb\r\n";
+        let info = stream_info(one(raw)).unwrap();
+        assert_eq!(info.length, 2);
+        assert_eq!(info.entries_added, 5);
+        assert_eq!(info.first_entry, Some(StreamId::new(4, 0)));
+        assert_eq!(info.last_generated_id, StreamId::new(5, 0));
+    }
+}

@@ -1,0 +1,224 @@
+//! One WebSocket client's shared state and its writer task.
+//!
+//! The reader (in `ws.rs`) and the hub push frames into the connection's
+//! bounded queue; the writer task drains it with one vectored write per batch
+//! and pings the client on a timer.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use feedgate_core::config::Limits;
+use feedgate_core::frame;
+use feedgate_core::queue::OutQueue;
+use monoio::io::AsyncWriteRent;
+
+use crate::notify::Notify;
+use crate::writev::{self, Frames, MAX_IOVECS};
+
+/// How long a closing connection waits for the client's close handshake.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// RFC 6455 and PROTOCOL.md close codes the server sends.
+pub mod close_code {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    pub const UNSUPPORTED_DATA: u16 = 1003;
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    pub const TOO_BIG: u16 = 1009;
+    pub const SLOW_CONSUMER: u16 = 4008;
+}
+
+/// The close reason sent with 4008.
+pub const SLOW_CONSUMER_REASON: &str = "slow consumer: outbound queue overflowed";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Open,
+    /// A close frame is queued or sent; nothing else goes out.
+    Closing,
+    /// The socket is finished with.
+    Gone,
+}
+
+/// A client connection, shared by its reader, its writer and the hub.
+pub struct Conn {
+    pub id: u64,
+    fd: RawFd,
+    out: RefCell<OutQueue>,
+    wake: Notify,
+    /// Signalled after each completed write, for replays that wait for room.
+    pub drained: Notify,
+    state: Cell<State>,
+    last_seen: Cell<Instant>,
+    /// Channels this connection holds.
+    pub subs: RefCell<HashSet<Rc<str>>>,
+    queue_limit: usize,
+}
+
+impl Conn {
+    /// A new open connection on socket `fd`.
+    pub fn new(id: u64, fd: RawFd, limits: &Limits) -> Self {
+        Self {
+            id,
+            fd,
+            out: RefCell::new(OutQueue::new(limits.outbound_queue_bytes)),
+            wake: Notify::default(),
+            drained: Notify::default(),
+            state: Cell::new(State::Open),
+            last_seen: Cell::new(Instant::now()),
+            subs: RefCell::new(HashSet::new()),
+            queue_limit: limits.outbound_queue_bytes,
+        }
+    }
+
+    /// Whether frames may still be sent.
+    pub fn is_open(&self) -> bool {
+        self.state.get() == State::Open
+    }
+
+    /// Bytes waiting in the queue.
+    pub fn queued_bytes(&self) -> usize {
+        self.out.borrow().bytes()
+    }
+
+    /// The outbound queue's limit in bytes.
+    pub fn queue_limit(&self) -> usize {
+        self.queue_limit
+    }
+
+    /// Records that the client sent something (it is alive).
+    pub fn saw_client(&self) {
+        self.last_seen.set(Instant::now());
+    }
+
+    /// Queues a frame for the client. Hot path: a refcount bump and a queue
+    /// push; the writer is woken, never awaited.
+    pub fn send(&self, frame: Bytes) {
+        if self.state.get() != State::Open {
+            return;
+        }
+        if self.out.borrow_mut().push(frame).is_err() {
+            self.close(close_code::SLOW_CONSUMER, SLOW_CONSUMER_REASON);
+            return;
+        }
+        self.wake.notify();
+    }
+
+    /// Queues a text frame holding `json`.
+    pub fn send_json(&self, json: &[u8]) {
+        self.send(frame::text(json));
+    }
+
+    /// Queues a pong, whatever the queue's fill (control frames must answer).
+    pub fn send_pong(&self, payload: &[u8]) {
+        if self.state.get() == State::Open {
+            self.out.borrow_mut().push_unbounded(frame::pong(payload));
+            self.wake.notify();
+        }
+    }
+
+    /// Starts the closing handshake with `code`: queued data is dropped, the close
+    /// frame goes out, and the writer then ends the connection.
+    pub fn close(&self, code: u16, reason: &str) {
+        if self.state.get() != State::Open {
+            return;
+        }
+        tracing::debug!(conn = self.id, code, reason, "closing");
+        self.state.set(State::Closing);
+        let mut out = self.out.borrow_mut();
+        out.clear();
+        out.push_unbounded(frame::close(code, reason));
+        drop(out);
+        self.wake.notify();
+    }
+
+    /// The client's socket is finished (EOF or error): stop everything.
+    pub fn gone(&self) {
+        if self.state.replace(State::Gone) != State::Gone {
+            self.out.borrow_mut().clear();
+            self.wake.notify();
+            self.drained.notify();
+        }
+    }
+
+    /// Whether the socket is finished with.
+    pub fn is_gone(&self) -> bool {
+        self.state.get() == State::Gone
+    }
+
+    /// Ends both directions of the socket, which makes a pending read return
+    /// EOF: how watchdogs stop a reader without cancelling its read
+    /// (a cancelled io_uring read can lose bytes, shared/TRAPS.md).
+    pub fn shutdown_socket(&self) {
+        shutdown(self.fd, libc::SHUT_RDWR);
+    }
+}
+
+/// `shutdown(2)` on a socket; errors (already closed) do not matter here.
+pub fn shutdown(fd: RawFd, how: libc::c_int) {
+    // SAFETY: shutdown on an fd this process owns has no memory effects; a
+    // stale or closed fd only yields an error, which is ignored.
+    unsafe {
+        libc::shutdown(fd, how);
+    }
+}
+
+/// Drains `conn`'s queue into `sink` until the connection is gone, pinging the
+/// client every `ping_interval` and closing it when it stays silent.
+pub async fn run_writer<W: AsyncWriteRent>(conn: Rc<Conn>, mut sink: W, limits: Limits) {
+    let ping_every = Duration::from_millis(limits.ping_interval_ms);
+    let silence_limit = ping_every + Duration::from_millis(limits.pong_timeout_ms);
+    let mut frames = Frames::default();
+    let mut next_ping = Instant::now() + ping_every;
+    loop {
+        conn.out.borrow_mut().drain_into(frames.bufs_mut(), MAX_IOVECS);
+        if !frames.bufs_mut().is_empty() {
+            let (result, back) = writev::write_all(&mut sink, frames).await;
+            frames = back;
+            if result.is_err() {
+                frames.bufs_mut().clear();
+                conn.gone();
+                conn.shutdown_socket();
+                return;
+            }
+            conn.drained.notify();
+            continue;
+        }
+        match conn.state.get() {
+            State::Gone => return,
+            State::Closing => {
+                // The close frame is out: half-close, then give the client a
+                // moment to answer before the reader is stopped.
+                shutdown(conn.fd, libc::SHUT_WR);
+                let _ = monoio::time::timeout(CLOSE_LINGER, async {
+                    while !conn.is_gone() {
+                        conn.wake.wait().await;
+                    }
+                })
+                .await;
+                conn.shutdown_socket();
+                return;
+            }
+            State::Open => {}
+        }
+        let now = Instant::now();
+        if now >= next_ping {
+            next_ping = now + ping_every;
+            if now.duration_since(conn.last_seen.get()) >= silence_limit {
+                conn.close(close_code::NORMAL, "ping timeout");
+            } else {
+                conn.out.borrow_mut().push_unbounded(frame::ping(b"fg"));
+            }
+            continue;
+        }
+        monoio::select! {
+            _ = conn.wake.wait() => {}
+            _ = monoio::time::sleep(next_ping - now) => {}
+        }
+    }
+}

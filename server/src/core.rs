@@ -1,0 +1,88 @@
+//! One core: its pinned thread's shared state (hub, Redis links, connections).
+//!
+//! Everything here is `Rc`/`RefCell`: it lives on one thread, so the hot path
+//! takes no lock and touches no atomic (DESIGN.md, share nothing).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use feedgate_core::frame::FrameBuilder;
+
+use crate::conn::Conn;
+use crate::hub::Hub;
+use crate::notify::Event;
+use crate::redis::Links;
+use crate::settings::Settings;
+
+/// Whether each core's Redis links are up, for `/readyz` on any core.
+pub struct Readiness {
+    cores: Vec<AtomicBool>,
+}
+
+impl Readiness {
+    /// All cores start not ready.
+    pub fn new(cores: usize) -> Self {
+        Self {
+            cores: (0..cores).map(|_| AtomicBool::new(false)).collect(),
+        }
+    }
+
+    /// Whether every core is ready.
+    pub fn all_ready(&self) -> bool {
+        self.cores.iter().all(|c| c.load(Ordering::Relaxed))
+    }
+
+    fn set(&self, core: usize, ready: bool) {
+        self.cores[core].store(ready, Ordering::Relaxed);
+    }
+}
+
+/// The state of one core.
+pub struct Core {
+    pub index: usize,
+    pub settings: Arc<Settings>,
+    pub hub: RefCell<Hub>,
+    pub frames: RefCell<FrameBuilder>,
+    pub redis: Links,
+    pub conns: RefCell<HashMap<u64, Rc<Conn>>>,
+    next_conn: Cell<u64>,
+    readiness: Arc<Readiness>,
+    pub shutdown: Event,
+}
+
+impl Core {
+    /// A core with no connections and no Redis links yet.
+    pub fn new(index: usize, settings: Arc<Settings>, readiness: Arc<Readiness>) -> Self {
+        Self {
+            index,
+            settings,
+            hub: RefCell::new(Hub::default()),
+            frames: RefCell::new(FrameBuilder::new()),
+            redis: Links::default(),
+            conns: RefCell::new(HashMap::new()),
+            next_conn: Cell::new(0),
+            readiness,
+            shutdown: Event::default(),
+        }
+    }
+
+    /// A connection id unique across cores (the core index in the low bits).
+    pub fn next_conn_id(&self) -> u64 {
+        let n = self.next_conn.get() + 1;
+        self.next_conn.set(n);
+        n * 1024 + self.index as u64
+    }
+
+    /// Publishes this core's link state for `/readyz`.
+    pub fn update_readiness(&self) {
+        self.readiness.set(self.index, self.redis.is_ready());
+    }
+
+    /// Whether every core's Redis links are up.
+    pub fn all_ready(&self) -> bool {
+        self.readiness.all_ready()
+    }
+}

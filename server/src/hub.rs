@@ -1,0 +1,228 @@
+//! The core's fan-out table: channel -> local subscribers.
+//!
+//! A channel exists on a core while at least one local client holds it; the
+//! first subscriber makes the core subscribe in Redis, the last one leaving
+//! makes it stop (PROTOCOL.md: the union of what local clients want).
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use feedgate_core::channel::Source;
+use feedgate_core::frame::FrameBuilder;
+use feedgate_core::resp::Entry;
+use feedgate_core::StreamId;
+
+use crate::conn::{close_code, Conn, SLOW_CONSUMER_REASON};
+use crate::notify::Event;
+
+/// Whether the core's Redis subscription for a channel is in place.
+pub enum Phase {
+    /// Being set up; subscribers wait for the event.
+    Starting(Rc<Event>),
+    /// Messages flow.
+    Live,
+}
+
+/// One channel on this core.
+pub struct Channel {
+    pub name: Rc<str>,
+    pub source: Source,
+    pub phase: Phase,
+    /// Streams: the last id delivered on this core; live reads resume after it.
+    pub cursor: StreamId,
+    subs: Vec<Sub>,
+}
+
+struct Sub {
+    conn: Rc<Conn>,
+    /// Where this subscriber's live deliveries start (set once the channel is live).
+    joined_at: Option<StreamId>,
+    /// Live frames held back while the subscription is being set up (reply,
+    /// history), so none is lost or sent before the `subscribed` reply.
+    held: Option<Held>,
+}
+
+#[derive(Default)]
+struct Held {
+    frames: Vec<(StreamId, Bytes)>,
+    bytes: usize,
+}
+
+/// What joining a channel found.
+pub enum Joined {
+    /// The caller created the channel and must set it up, then call
+    /// [`Hub::set_live`] or [`Hub::fail`].
+    First(Rc<Event>),
+    /// Someone else is setting it up: wait for the event.
+    Wait(Rc<Event>),
+    /// Already live.
+    Live,
+}
+
+/// Channel name -> channel, for one core.
+#[derive(Default)]
+pub struct Hub {
+    channels: HashMap<Rc<str>, Channel>,
+}
+
+impl Hub {
+    /// Adds `conn` to `name` with its live frames held back until [`Hub::release`].
+    pub fn join(&mut self, name: &str, source: Source, conn: &Rc<Conn>) -> (Rc<str>, Joined) {
+        let channel = self.channels.entry(Rc::from(name)).or_insert_with_key(|key| Channel {
+            name: key.clone(),
+            source,
+            phase: Phase::Starting(Rc::new(Event::default())),
+            cursor: StreamId::ZERO,
+            subs: Vec::new(),
+        });
+        let first = channel.subs.is_empty() && matches!(channel.phase, Phase::Starting(_));
+        let joined_at = matches!(channel.phase, Phase::Live).then_some(channel.cursor);
+        channel.subs.push(Sub {
+            conn: conn.clone(),
+            joined_at,
+            held: Some(Held::default()),
+        });
+        let joined = match &channel.phase {
+            Phase::Live => Joined::Live,
+            Phase::Starting(event) if first => Joined::First(event.clone()),
+            Phase::Starting(event) => Joined::Wait(event.clone()),
+        };
+        (channel.name.clone(), joined)
+    }
+
+    /// The channel is subscribed in Redis; a stream's live reads start after `cursor`.
+    pub fn set_live(&mut self, name: &str, cursor: StreamId) {
+        let Some(channel) = self.channels.get_mut(name) else { return };
+        if let Phase::Starting(event) = std::mem::replace(&mut channel.phase, Phase::Live) {
+            channel.cursor = cursor;
+            for sub in &mut channel.subs {
+                sub.joined_at.get_or_insert(cursor);
+            }
+            event.set();
+        }
+    }
+
+    /// Setting the channel up failed: it is removed and its waiters woken.
+    pub fn fail(&mut self, name: &str) {
+        if let Some(channel) = self.channels.remove(name) {
+            if let Phase::Starting(event) = channel.phase {
+                event.set();
+            }
+        }
+    }
+
+    /// Where `conn`'s deliveries on `name` start, once the channel is live.
+    pub fn joined_at(&self, name: &str, conn_id: u64) -> Option<StreamId> {
+        self.channels
+            .get(name)?
+            .subs
+            .iter()
+            .find(|s| s.conn.id == conn_id)?
+            .joined_at
+    }
+
+    /// Sends `conn` the frames held for it on `name` (only stream ids after
+    /// `after`), then lets live frames through.
+    pub fn release(&mut self, name: &str, conn_id: u64, after: Option<StreamId>) {
+        let Some(channel) = self.channels.get_mut(name) else { return };
+        let Some(sub) = channel.subs.iter_mut().find(|s| s.conn.id == conn_id) else { return };
+        if let Some(held) = sub.held.take() {
+            for (id, frame) in held.frames {
+                if after.is_none_or(|after| id > after) {
+                    sub.conn.send(frame);
+                }
+            }
+        }
+    }
+
+    /// Removes `conn` from `name`; returns the channel when it was the last
+    /// subscriber (the caller then drops the Redis subscription).
+    pub fn leave(&mut self, name: &str, conn_id: u64) -> Option<Channel> {
+        let channel = self.channels.get_mut(name)?;
+        channel.subs.retain(|s| s.conn.id != conn_id);
+        if channel.subs.is_empty() {
+            let channel = self.channels.remove(name)?;
+            if let Phase::Starting(event) = &channel.phase {
+                event.set();
+            }
+            return Some(channel);
+        }
+        None
+    }
+
+    /// Whether `name` is live on this core.
+    pub fn is_live(&self, name: &str) -> bool {
+        matches!(self.channels.get(name), Some(Channel { phase: Phase::Live, .. }))
+    }
+
+    /// Live stream channels and their cursors: what the stream reader reads.
+    pub fn stream_cursors(&self) -> Vec<(Rc<str>, StreamId)> {
+        self.channels
+            .values()
+            .filter(|c| c.source == Source::Stream && matches!(c.phase, Phase::Live))
+            .map(|c| (c.name.clone(), c.cursor))
+            .collect()
+    }
+
+    /// Channels of `source` in the given phase (`live` or starting).
+    pub fn channels_of(&self, source: Source, live: bool) -> Vec<Rc<str>> {
+        self.channels
+            .values()
+            .filter(|c| c.source == source && matches!(c.phase, Phase::Live) == live)
+            .map(|c| c.name.clone())
+            .collect()
+    }
+
+    /// Sends each new entry of stream `name` to its subscribers. Hot path: the
+    /// frame is built once and every subscriber gets a clone of the same `Bytes`.
+    pub fn deliver_stream(&mut self, name: &str, entries: &[Entry], frames: &mut FrameBuilder) {
+        let Some(channel) = self.channels.get_mut(name) else { return };
+        for entry in entries {
+            // Ids at or before the cursor were delivered already (a re-read
+            // after a reconnect): never twice.
+            if entry.id <= channel.cursor {
+                continue;
+            }
+            channel.cursor = entry.id;
+            let frame = frames.stream_delivery(&channel.name, entry.id, &entry.fields);
+            fan_out(&mut channel.subs, entry.id, &frame);
+        }
+    }
+
+    /// Sends one pub/sub message of `name` to its subscribers.
+    pub fn deliver_pubsub(&mut self, name: &str, body: &[u8], frames: &mut FrameBuilder) {
+        let Some(channel) = self.channels.get_mut(name) else { return };
+        if !matches!(channel.phase, Phase::Live) {
+            return;
+        }
+        let frame = frames.pubsub_delivery(&channel.name, body);
+        fan_out(&mut channel.subs, StreamId::ZERO, &frame);
+    }
+
+    /// Drops `name`, telling each subscriber why with an error; returns the
+    /// connections that held it.
+    pub fn drop_channel(&mut self, name: &str) -> Vec<Rc<Conn>> {
+        match self.channels.remove(name) {
+            Some(channel) => channel.subs.into_iter().map(|s| s.conn).collect(),
+            None => Vec::new(),
+        }
+    }
+}
+
+fn fan_out(subs: &mut [Sub], id: StreamId, frame: &Bytes) {
+    for sub in subs.iter_mut() {
+        match &mut sub.held {
+            None => sub.conn.send(frame.clone()),
+            Some(held) => {
+                held.bytes += frame.len();
+                if held.bytes > sub.conn.queue_limit() {
+                    sub.held = Some(Held::default());
+                    sub.conn.close(close_code::SLOW_CONSUMER, SLOW_CONSUMER_REASON);
+                } else {
+                    held.frames.push((id, frame.clone()));
+                }
+            }
+        }
+    }
+}

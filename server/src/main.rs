@@ -1,0 +1,69 @@
+//! `feedgate`: streams Redis Streams and pub/sub to WebSocket clients.
+//!
+//! - [`settings`]: flags, environment and TOML file, merged and checked.
+//! - [`runtime`]: one pinned thread and monoio runtime per core; shutdown.
+//! - [`listener`]: SO_REUSEPORT listeners, one per core.
+//! - [`accept`]: accepting connections and routing their HTTP request.
+//! - [`http`]: request heads, routes and the WebSocket handshake.
+//! - [`ws`]: a WebSocket connection's reader and its ops.
+//! - [`conn`]: a connection's queue, closing handshake and writer task.
+//! - [`writev`]: vectored writes of shared frames.
+//! - [`subscribe`]: subscribe, unsubscribe and replays.
+//! - [`hub`]: channel -> local subscribers, fan-out.
+//! - [`redis`]: the RESP3 connection and the per-core Redis links.
+//! - [`core`]: a core's shared state.
+//! - [`notify`], [`reader`]: single-threaded wake-ups; socket read helpers.
+
+mod accept;
+mod conn;
+mod core;
+mod http;
+mod hub;
+mod listener;
+mod notify;
+mod reader;
+mod redis;
+mod runtime;
+mod settings;
+mod subscribe;
+mod writev;
+mod ws;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use crate::settings::{Cli, Settings};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::resolve(cli) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("feedgate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = EnvFilter::try_new(&settings.log).unwrap_or_else(|e| {
+        eprintln!("feedgate: config key `log`: {e}; using `info`");
+        EnvFilter::new("info")
+    });
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    for name in settings::unknown_env_vars() {
+        tracing::warn!(variable = %name, "unknown FEEDGATE_ environment variable ignored");
+    }
+    tracing::warn!("auth is OFF: every client may subscribe to every channel");
+    match runtime::run(Arc::new(settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("feedgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! The core's stream reader: one connection in XREAD BLOCK over every stream
+//! its clients want, each from the last id the core has delivered. After a
+//! reconnect it resumes from those ids, so no entry is lost across a Redis
+//! restart.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use feedgate_core::{envelope, resp, ErrorCode};
+
+use crate::core::Core;
+use crate::redis::conn::{LinkError, RespConn};
+use crate::redis::links::Backoff;
+
+/// Entries read per stream per XREAD.
+const READ_COUNT: &[u8] = b"1000";
+/// Longest XREAD BLOCK: the reader re-issues its read at least this often, a
+/// safety net for a new channel whose unblock raced with the read.
+const BLOCK_MS: &[u8] = b"2000";
+
+pub(super) async fn run_reader(core: Rc<Core>) {
+    let mut backoff = Backoff::new();
+    while !core.shutdown.is_set() {
+        let settings = &core.settings;
+        match RespConn::connect(settings.redis_addr, &settings.redis, None).await {
+            Ok(conn) => {
+                match conn.call(&[b"CLIENT", b"ID"]).await.and_then(|r| Ok(resp::integer(&r)?)) {
+                    Ok(id) => {
+                        backoff.reset();
+                        core.redis.reader_id.set(Some(id));
+                        core.update_readiness();
+                        let result = read_loop(&core, &conn).await;
+                        tracing::warn!(reason = %result, "redis stream reader lost; reconnecting");
+                        core.redis.reader_id.set(None);
+                        core.update_readiness();
+                    }
+                    Err(e) => tracing::warn!(error = %e, "CLIENT ID failed"),
+                }
+                conn.kill();
+            }
+            Err(e) => tracing::debug!(error = %e, "redis stream reader connection failed"),
+        }
+        backoff.wait().await;
+    }
+}
+
+async fn read_loop(core: &Rc<Core>, conn: &Rc<RespConn>) -> LinkError {
+    loop {
+        let cursors = core.hub.borrow().stream_cursors();
+        core.redis.reader_gen.set(core.redis.streams_gen.get());
+        if cursors.is_empty() {
+            monoio::select! {
+                _ = core.redis.streams_changed.wait() => continue,
+                _ = conn.closed() => return LinkError::Down,
+            }
+        }
+        let keys: Vec<Vec<u8>> = cursors.iter().map(|(name, _)| core.settings.key_of(name)).collect();
+        let ids: Vec<String> = cursors.iter().map(|(_, id)| id.to_string()).collect();
+        let mut args: Vec<&[u8]> = vec![b"XREAD", b"COUNT", READ_COUNT, b"BLOCK", BLOCK_MS, b"STREAMS"];
+        args.extend(keys.iter().map(Vec::as_slice));
+        args.extend(ids.iter().map(String::as_bytes));
+        let reply = match conn.call(&args).await {
+            Ok(reply) => reply,
+            Err(e) => return e,
+        };
+        match resp::xread(reply) {
+            Ok(streams) => {
+                let mut hub = core.hub.borrow_mut();
+                let mut frames = core.frames.borrow_mut();
+                for (key, entries) in &streams {
+                    if let Some(name) = core.settings.channel_of(key) {
+                        hub.deliver_stream(name, entries, &mut frames);
+                    }
+                }
+            }
+            Err(e) => {
+                // One bad key (not a stream) fails the whole XREAD: find it and
+                // drop its channel so the others keep flowing.
+                tracing::warn!(error = %e, "XREAD failed");
+                drop_non_streams(core).await;
+                monoio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn drop_non_streams(core: &Rc<Core>) {
+    let Some(pool) = core.redis.pool() else { return };
+    let cursors = core.hub.borrow().stream_cursors();
+    for (name, _) in cursors {
+        let key = core.settings.key_of(&name);
+        let Ok(reply) = pool.call(&[b"TYPE", &key]).await else { return };
+        let kind = match &reply {
+            resp::Reply::SimpleString { data, .. } => data.clone(),
+            _ => continue,
+        };
+        if &kind[..] == b"stream" || &kind[..] == b"none" {
+            continue;
+        }
+        let message = format!(
+            "channel {name} dropped: its Redis key holds a {}, not a stream",
+            String::from_utf8_lossy(&kind)
+        );
+        let json = envelope::error(ErrorCode::Internal, &message, None);
+        let conns = core.hub.borrow_mut().drop_channel(&name);
+        for conn in conns {
+            conn.subs.borrow_mut().remove(&*name);
+            conn.send_json(&json);
+        }
+    }
+}
+
+/// Tells the reader that the set of live streams changed, and interrupts its
+/// blocking XREAD (CLIENT UNBLOCK from a pool connection) so a new channel
+/// starts flowing at once rather than after the block times out.
+pub fn wake_reader(core: &Rc<Core>) {
+    let links = &core.redis;
+    let generation = links.streams_gen.get() + 1;
+    links.streams_gen.set(generation);
+    links.streams_changed.notify();
+    let Some(reader_id) = links.reader_id.get() else { return };
+    let core = core.clone();
+    monoio::spawn(async move {
+        let id = reader_id.to_string();
+        // The XREAD may not have reached Redis yet (unblock answers 0): retry
+        // briefly while the reader's in-flight read predates the change.
+        for _ in 0..20 {
+            if core.redis.reader_gen.get() >= generation || core.redis.reader_id.get() != Some(reader_id) {
+                return;
+            }
+            let Some(pool) = core.redis.pool() else { return };
+            match pool.call(&[b"CLIENT", b"UNBLOCK", id.as_bytes()]).await {
+                Ok(reply) if resp::integer(&reply) == Ok(1) => return,
+                Ok(_) => monoio::time::sleep(Duration::from_millis(2)).await,
+                Err(_) => return,
+            }
+        }
+    });
+}

@@ -1,0 +1,113 @@
+//! Thread-per-core: one pinned OS thread per core, each with its own monoio
+//! runtime (io_uring, or epoll where io_uring cannot be set up), listener and
+//! Redis links; and the process's shutdown on SIGTERM or SIGINT.
+
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures_channel::oneshot;
+use monoio::FusionDriver;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::accept::accept_loop;
+use crate::conn::close_code;
+use crate::core::{Core, Readiness};
+use crate::listener;
+use crate::redis;
+use crate::settings::Settings;
+
+/// How long shutdown waits for clients to finish the closing handshake.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Runs every core until SIGTERM or SIGINT, then drains and returns.
+pub fn run(settings: Arc<Settings>) -> anyhow::Result<()> {
+    let listeners = listener::bind_all(settings.listen, settings.cores)?;
+    let bound = listeners[0].local_addr().context("listener address")?;
+    let mut signals = Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
+    let signal_handle = signals.handle();
+    let failed = Arc::new(AtomicBool::new(false));
+    let readiness = Arc::new(Readiness::new(settings.cores));
+    let cpus = core_affinity::get_core_ids().unwrap_or_default();
+    tracing::info!(listen = %bound, cores = settings.cores, redis = %settings.redis_addr, "feedgate starting");
+
+    let mut stops = Vec::new();
+    let mut threads = Vec::new();
+    for (index, std_listener) in listeners.into_iter().enumerate() {
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        stops.push(stop_tx);
+        let settings = settings.clone();
+        let readiness = readiness.clone();
+        let cpu = (!cpus.is_empty()).then(|| cpus[index % cpus.len()]);
+        let failed = failed.clone();
+        let signal_handle = signal_handle.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("feedgate-core-{index}"))
+            .spawn(move || {
+                if let Err(e) = run_core(index, cpu, settings, std_listener, readiness, stop_rx) {
+                    tracing::error!(core = index, error = format!("{e:#}"), "core failed");
+                    failed.store(true, Ordering::SeqCst);
+                    signal_handle.close();
+                }
+            })
+            .context("spawning a core thread")?;
+        threads.push(thread);
+    }
+
+    if let Some(signal) = signals.forever().next() {
+        tracing::info!(signal, "shutting down: closing clients with 1001");
+    }
+    for stop in stops {
+        let _ = stop.send(());
+    }
+    for thread in threads {
+        let _ = thread.join();
+    }
+    if failed.load(Ordering::SeqCst) {
+        anyhow::bail!("a core failed; see the log above");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn run_core(
+    index: usize,
+    cpu: Option<core_affinity::CoreId>,
+    settings: Arc<Settings>,
+    std_listener: std::net::TcpListener,
+    readiness: Arc<Readiness>,
+    stop: oneshot::Receiver<()>,
+) -> anyhow::Result<()> {
+    if let Some(cpu) = cpu {
+        if !core_affinity::set_for_current(cpu) {
+            tracing::warn!(core = index, cpu = cpu.id, "could not pin thread to its CPU");
+        }
+    }
+    let driver = if monoio::utils::detect_uring() { "io_uring" } else { "epoll" };
+    let mut runtime = monoio::RuntimeBuilder::<FusionDriver>::new()
+        .enable_timer()
+        .build()
+        .context("building the monoio runtime")?;
+    tracing::info!(core = index, cpu = cpu.map(|c| c.id), driver, "core started");
+    runtime.block_on(async move {
+        let core = Rc::new(Core::new(index, settings, readiness));
+        let listener = monoio::net::TcpListener::from_std(std_listener).context("adopting the listener")?;
+        redis::start(&core);
+        let acceptor = monoio::spawn(accept_loop(core.clone(), listener));
+        let _ = stop.await;
+        core.shutdown.set();
+        acceptor.await;
+        let conns: Vec<_> = core.conns.borrow().values().cloned().collect();
+        for conn in conns {
+            conn.close(close_code::GOING_AWAY, "server shutting down");
+        }
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        while !core.conns.borrow().is_empty() && Instant::now() < deadline {
+            monoio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    })
+}

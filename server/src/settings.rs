@@ -1,0 +1,252 @@
+//! Settings: command-line flags, `FEEDGATE_*` environment variables and the TOML
+//! file, merged (flags win over env, env over file) and checked once at start.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+use clap::Parser;
+use feedgate_core::channel::{Namespace, Namespaces, Source};
+use feedgate_core::config::{BadValue, FileConfig, Limits, RedisUrl};
+
+/// Command-line flags; each also reads `FEEDGATE_<NAME>` from the environment.
+#[derive(Debug, Parser)]
+#[command(name = "feedgate", version, about = "Streams Redis Streams and pub/sub to WebSocket clients, one pinned thread per core.")]
+pub struct Cli {
+    /// TOML configuration file (every key documented in docs/configuration.md).
+    #[arg(long, env = "FEEDGATE_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on for HTTP and WebSocket [default: 0.0.0.0:8080].
+    #[arg(long, env = "FEEDGATE_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Redis to read from: redis://[user:pass@]host:port[/db] [default: redis://127.0.0.1:6379].
+    #[arg(long, env = "FEEDGATE_REDIS", value_name = "URL")]
+    pub redis: Option<String>,
+    /// Cores to run on, one pinned thread each [default: all available CPUs].
+    #[arg(long, env = "FEEDGATE_CORES", value_name = "N")]
+    pub cores: Option<usize>,
+    /// Prefix added to channel names to form Redis keys and pub/sub channels [default: ""].
+    #[arg(long, env = "FEEDGATE_KEY_PREFIX", value_name = "PREFIX")]
+    pub key_prefix: Option<String>,
+    /// Log filter, as in RUST_LOG (e.g. info, debug, feedgate=debug) [default: info].
+    #[arg(long, env = "FEEDGATE_LOG", value_name = "FILTER")]
+    pub log: Option<String>,
+    /// Largest client message in bytes; larger ones close the connection with 1009 [default: 65536].
+    #[arg(long, env = "FEEDGATE_MAX_MESSAGE_BYTES", value_name = "BYTES")]
+    pub max_message_bytes: Option<usize>,
+    /// Subscriptions one connection may hold [default: 1024].
+    #[arg(long, env = "FEEDGATE_MAX_SUBSCRIPTIONS", value_name = "N")]
+    pub max_subscriptions: Option<usize>,
+    /// Bytes queued for one client before it is closed with 4008 [default: 8388608].
+    #[arg(long, env = "FEEDGATE_OUTBOUND_QUEUE_BYTES", value_name = "BYTES")]
+    pub outbound_queue_bytes: Option<usize>,
+    /// How often each connection is pinged, in milliseconds [default: 20000].
+    #[arg(long, env = "FEEDGATE_PING_INTERVAL_MS", value_name = "MS")]
+    pub ping_interval_ms: Option<u64>,
+    /// Silence allowed after a ping before the connection is closed, in milliseconds [default: 20000].
+    #[arg(long, env = "FEEDGATE_PONG_TIMEOUT_MS", value_name = "MS")]
+    pub pong_timeout_ms: Option<u64>,
+    /// Largest `last` a subscribe may ask for [default: 10000].
+    #[arg(long, env = "FEEDGATE_MAX_LAST", value_name = "N")]
+    pub max_last: Option<u64>,
+    /// Entries fetched per XRANGE page during a replay [default: 1000].
+    #[arg(long, env = "FEEDGATE_REPLAY_PAGE", value_name = "N")]
+    pub replay_page: Option<u64>,
+    /// A namespace as PREFIX=SOURCE (source: stream or pubsub); repeatable, or
+    /// comma-separated in FEEDGATE_NAMESPACES. Replaces the file's namespaces.
+    #[arg(long = "namespace", env = "FEEDGATE_NAMESPACES", value_name = "PREFIX=SOURCE", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+}
+
+/// Every environment variable the server reads.
+const KNOWN_ENV: &[&str] = &[
+    "FEEDGATE_CONFIG",
+    "FEEDGATE_LISTEN",
+    "FEEDGATE_REDIS",
+    "FEEDGATE_CORES",
+    "FEEDGATE_KEY_PREFIX",
+    "FEEDGATE_LOG",
+    "FEEDGATE_MAX_MESSAGE_BYTES",
+    "FEEDGATE_MAX_SUBSCRIPTIONS",
+    "FEEDGATE_OUTBOUND_QUEUE_BYTES",
+    "FEEDGATE_PING_INTERVAL_MS",
+    "FEEDGATE_PONG_TIMEOUT_MS",
+    "FEEDGATE_MAX_LAST",
+    "FEEDGATE_REPLAY_PAGE",
+    "FEEDGATE_NAMESPACES",
+];
+
+/// The resolved settings every core shares.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub redis: RedisUrl,
+    /// Redis's address, resolved once (monoio's connect resolves names
+    /// synchronously, shared/TRAPS.md).
+    pub redis_addr: SocketAddr,
+    pub cores: usize,
+    pub key_prefix: String,
+    pub log: String,
+    pub limits: Limits,
+    pub namespaces: Namespaces,
+}
+
+/// A setting that cannot be used; the message names its key.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error(transparent)]
+    Bad(#[from] BadValue),
+}
+
+fn bad(key: &'static str, reason: impl Into<String>) -> SettingsError {
+    SettingsError::Bad(BadValue { key, reason: reason.into() })
+}
+
+/// `FEEDGATE_*` variables that no setting reads (typos, most likely).
+pub fn unknown_env_vars() -> Vec<String> {
+    std::env::vars()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with("FEEDGATE_") && !KNOWN_ENV.contains(&k.as_str()))
+        .collect()
+}
+
+impl Settings {
+    /// Merges flags (which clap already merged with the environment) over the file.
+    pub fn resolve(cli: Cli) -> Result<Self, SettingsError> {
+        let file = match &cli.config {
+            None => FileConfig::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|e| SettingsError::Parse {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?
+            }
+        };
+        let listen_text = cli.listen.or(file.listen).unwrap_or_else(|| "0.0.0.0:8080".into());
+        let listen = resolve_addr(&listen_text).map_err(|e| bad("listen", e))?;
+        let redis_text = cli.redis.or(file.redis).unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+        let redis: RedisUrl = redis_text.parse().map_err(|e: String| bad("redis", e))?;
+        let redis_addr = resolve_addr(&format!("{}:{}", bracket(&redis.host), redis.port)).map_err(|e| bad("redis", e))?;
+        let available = core_affinity::get_core_ids().map_or(1, |ids| ids.len().max(1));
+        let cores = cli.cores.or(file.cores).unwrap_or(available);
+        if cores == 0 {
+            return Err(bad("cores", "must be at least 1"));
+        }
+        let f = file.limits;
+        let d = Limits::default();
+        let limits = Limits {
+            max_message_bytes: cli.max_message_bytes.or(f.max_message_bytes).unwrap_or(d.max_message_bytes),
+            max_subscriptions: cli.max_subscriptions.or(f.max_subscriptions).unwrap_or(d.max_subscriptions),
+            outbound_queue_bytes: cli.outbound_queue_bytes.or(f.outbound_queue_bytes).unwrap_or(d.outbound_queue_bytes),
+            ping_interval_ms: cli.ping_interval_ms.or(f.ping_interval_ms).unwrap_or(d.ping_interval_ms),
+            pong_timeout_ms: cli.pong_timeout_ms.or(f.pong_timeout_ms).unwrap_or(d.pong_timeout_ms),
+            max_last: cli.max_last.or(f.max_last).unwrap_or(d.max_last),
+            replay_page: cli.replay_page.or(f.replay_page).unwrap_or(d.replay_page),
+        };
+        limits.validate()?;
+        let namespaces = if cli.namespaces.is_empty() {
+            file.namespaces
+        } else {
+            cli.namespaces.iter().map(|s| parse_namespace(s)).collect::<Result<_, _>>()?
+        };
+        Ok(Self {
+            listen,
+            redis,
+            redis_addr,
+            cores,
+            key_prefix: cli.key_prefix.or(file.key_prefix).unwrap_or_default(),
+            log: cli.log.or(file.log).unwrap_or_else(|| "info".into()),
+            limits,
+            namespaces: Namespaces::new(namespaces),
+        })
+    }
+
+    /// The Redis key (or pub/sub channel) of `channel`.
+    pub fn key_of(&self, channel: &str) -> Vec<u8> {
+        let mut key = Vec::with_capacity(self.key_prefix.len() + channel.len());
+        key.extend_from_slice(self.key_prefix.as_bytes());
+        key.extend_from_slice(channel.as_bytes());
+        key
+    }
+
+    /// The channel of a Redis key, when it carries the key prefix.
+    pub fn channel_of<'k>(&self, key: &'k [u8]) -> Option<&'k str> {
+        key.strip_prefix(self.key_prefix.as_bytes())
+            .and_then(|rest| std::str::from_utf8(rest).ok())
+    }
+}
+
+fn bracket(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    }
+}
+
+fn resolve_addr(text: &str) -> Result<SocketAddr, String> {
+    text.to_socket_addrs()
+        .map_err(|e| format!("`{text}` is not an address: {e}"))?
+        .next()
+        .ok_or_else(|| format!("`{text}` resolves to no address"))
+}
+
+fn parse_namespace(text: &str) -> Result<Namespace, SettingsError> {
+    let (prefix, source) = text
+        .split_once('=')
+        .ok_or_else(|| bad("namespaces", format!("`{text}` is not PREFIX=SOURCE")))?;
+    let source: Source = source.parse().map_err(|e: String| bad("namespaces", e))?;
+    Ok(Namespace {
+        prefix: prefix.to_owned(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::parse_from(std::iter::once("feedgate").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let dir = std::env::temp_dir().join(format!("fg-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:1\"\ncores = 3\n[limits]\nmax_last = 5\n").unwrap();
+        let s = Settings::resolve(cli(&["--config", path.to_str().unwrap(), "--listen", "127.0.0.1:2"])).unwrap();
+        assert_eq!(s.listen.port(), 2);
+        assert_eq!(s.cores, 3);
+        assert_eq!(s.limits.max_last, 5);
+        assert_eq!(s.limits.replay_page, Limits::default().replay_page);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let err = Settings::resolve(cli(&["--listen", "nowhere"])).unwrap_err().to_string();
+        assert!(err.contains("`listen`"), "{err}");
+        let err = Settings::resolve(cli(&["--redis", "http://x"])).unwrap_err().to_string();
+        assert!(err.contains("`redis`"), "{err}");
+        let err = Settings::resolve(cli(&["--namespace", "ps.=kafka"])).unwrap_err().to_string();
+        assert!(err.contains("kafka"), "{err}");
+        let err = Settings::resolve(cli(&["--replay-page", "0"])).unwrap_err().to_string();
+        assert!(err.contains("limits.replay_page"), "{err}");
+    }
+
+    #[test]
+    fn keys_carry_the_prefix() {
+        let s = Settings::resolve(cli(&["--key-prefix", "fg:"])).unwrap();
+        assert_eq!(s.key_of("md.x"), b"fg:md.x");
+        assert_eq!(s.channel_of(b"fg:md.x"), Some("md.x"));
+        assert_eq!(s.channel_of(b"other"), None);
+    }
+}

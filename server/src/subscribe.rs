@@ -1,0 +1,344 @@
+//! subscribe and unsubscribe: joining the hub, setting up the core's Redis
+//! subscription, and replays (`since`, `last`) with no gap and no duplicate
+//! across the switch from history to live.
+//!
+//! The order that makes the switch exact: the subscriber joins the hub first,
+//! with its live frames held back; its live deliveries start after the core's
+//! cursor at that moment (`joined_at`). History is read up to that cursor,
+//! sent, and only then are the held frames released.
+
+use std::rc::Rc;
+
+use bytes::Bytes;
+use feedgate_core::channel::Source;
+use feedgate_core::envelope::{self, StreamStart};
+use feedgate_core::error::ProtocolError;
+use feedgate_core::op::Start;
+use feedgate_core::replay::nothing_dropped_after;
+use feedgate_core::resp::{self, Entry, Reply, ReplyError};
+use feedgate_core::{ErrorCode, StreamId};
+
+use crate::conn::Conn;
+use crate::core::Core;
+use crate::hub::Joined;
+use crate::redis::{self, LinkError, RespConn};
+
+fn unavailable() -> ProtocolError {
+    ProtocolError::new(ErrorCode::Unavailable, "redis is unavailable right now; retry later")
+}
+
+impl From<LinkError> for ProtocolError {
+    fn from(e: LinkError) -> Self {
+        match e {
+            LinkError::Down | LinkError::Connect(_) => unavailable(),
+            LinkError::Reply(ReplyError::Redis(text)) => {
+                ProtocolError::new(ErrorCode::Internal, format!("redis refused: {text}"))
+            }
+            LinkError::Reply(e) => ProtocolError::new(ErrorCode::Internal, e.to_string()),
+        }
+    }
+}
+
+/// A reply of the wrong shape, as a protocol error.
+fn bad_reply(e: ReplyError) -> ProtocolError {
+    LinkError::Reply(e).into()
+}
+
+/// Handles `subscribe`; replies (or errors) go to `conn`.
+pub async fn subscribe(core: &Rc<Core>, conn: &Rc<Conn>, req: Option<u64>, channel: &str, start: Start) {
+    if let Err(e) = try_subscribe(core, conn, req, channel, start).await {
+        conn.send_json(&envelope::error(e.code, &e.message, req));
+    }
+}
+
+async fn try_subscribe(
+    core: &Rc<Core>,
+    conn: &Rc<Conn>,
+    req: Option<u64>,
+    channel: &str,
+    start: Start,
+) -> Result<(), ProtocolError> {
+    let source = core.settings.namespaces.source_of(channel);
+    let limits = &core.settings.limits;
+    if source == Source::Pubsub && start != Start::Live {
+        return Err(ProtocolError::new(
+            ErrorCode::BadRequest,
+            format!("`since` and `last` apply to stream channels only; {channel} is pub/sub"),
+        ));
+    }
+    if let Start::Last(n) = start {
+        if n > limits.max_last {
+            return Err(ProtocolError::new(
+                ErrorCode::BadRequest,
+                format!("`last` may be at most {}", limits.max_last),
+            ));
+        }
+    }
+    if conn.subs.borrow().contains(channel) {
+        return Err(ProtocolError::new(
+            ErrorCode::AlreadySubscribed,
+            format!("already subscribed to {channel}"),
+        ));
+    }
+    if conn.subs.borrow().len() >= limits.max_subscriptions {
+        return Err(ProtocolError::new(
+            ErrorCode::TooManySubscriptions,
+            format!("a connection may hold at most {} subscriptions", limits.max_subscriptions),
+        ));
+    }
+    if !core.redis.is_ready() {
+        return Err(unavailable());
+    }
+    let (name, joined) = core.hub.borrow_mut().join(channel, source, conn);
+    conn.subs.borrow_mut().insert(name.clone());
+    let result = match source {
+        Source::Stream => subscribe_stream(core, conn, req, &name, joined, start).await,
+        Source::Pubsub => subscribe_pubsub(core, conn, req, &name, joined).await,
+    };
+    if result.is_err() {
+        leave(core, conn, &name);
+    }
+    result
+}
+
+/// Waits until `name` is live on this core, setting it up when `joined` says
+/// this subscriber came first.
+async fn until_live(
+    core: &Rc<Core>,
+    name: &Rc<str>,
+    joined: Joined,
+    setup: impl std::future::Future<Output = Result<(), ProtocolError>>,
+) -> Result<(), ProtocolError> {
+    match joined {
+        Joined::Live => return Ok(()),
+        Joined::First(_) => {
+            if let Err(e) = setup.await {
+                core.hub.borrow_mut().fail(name);
+                return Err(e);
+            }
+        }
+        Joined::Wait(event) => event.wait().await,
+    }
+    if core.hub.borrow().is_live(name) {
+        Ok(())
+    } else {
+        Err(unavailable())
+    }
+}
+
+async fn subscribe_pubsub(
+    core: &Rc<Core>,
+    conn: &Rc<Conn>,
+    req: Option<u64>,
+    name: &Rc<str>,
+    joined: Joined,
+) -> Result<(), ProtocolError> {
+    let event = match &joined {
+        Joined::First(event) => Some(event.clone()),
+        _ => None,
+    };
+    let setup = async {
+        let link = core.redis.pubsub().ok_or_else(unavailable)?;
+        if !redis::subscribe_pubsub(core, &link, name) {
+            return Err(unavailable());
+        }
+        // Redis confirms with a push; the push handler marks the channel live.
+        if let Some(event) = event {
+            event.wait().await;
+        }
+        Ok(())
+    };
+    until_live(core, name, joined, setup).await?;
+    conn.send_json(&envelope::subscribed(name, req, None));
+    core.hub.borrow_mut().release(name, conn.id, None);
+    Ok(())
+}
+
+async fn subscribe_stream(
+    core: &Rc<Core>,
+    conn: &Rc<Conn>,
+    req: Option<u64>,
+    name: &Rc<str>,
+    joined: Joined,
+    start: Start,
+) -> Result<(), ProtocolError> {
+    let key = core.settings.key_of(name);
+    let setup = async {
+        let cursor = last_id(core, &key).await?;
+        core.hub.borrow_mut().set_live(name, cursor);
+        redis::wake_reader(core);
+        Ok(())
+    };
+    until_live(core, name, joined, setup).await?;
+    let joined_at = core
+        .hub
+        .borrow()
+        .joined_at(name, conn.id)
+        .ok_or_else(unavailable)?;
+    let after = match start {
+        Start::Live => {
+            subscribed(conn, name, req, joined_at, true);
+            joined_at
+        }
+        Start::Last(n) => replay_last(core, conn, req, name, &key, n, joined_at).await?,
+        Start::Since(since) => replay_since(core, conn, req, name, &key, since, joined_at).await?,
+    };
+    core.hub.borrow_mut().release(name, conn.id, Some(after));
+    Ok(())
+}
+
+fn subscribed(conn: &Conn, name: &str, req: Option<u64>, position: StreamId, recovered: bool) {
+    let start = StreamStart { position, recovered };
+    conn.send_json(&envelope::subscribed(name, req, Some(start)));
+}
+
+fn pool(core: &Core) -> Result<Rc<RespConn>, ProtocolError> {
+    core.redis.pool().ok_or_else(unavailable)
+}
+
+/// The id of the newest entry of `key`, `0-0` when it is empty or missing.
+async fn last_id(core: &Core, key: &[u8]) -> Result<StreamId, ProtocolError> {
+    let reply = pool(core)?.call(&[b"XREVRANGE", key, b"+", b"-", b"COUNT", b"1"]).await?;
+    Ok(resp::entries(reply).map_err(bad_reply)?.first().map_or(StreamId::ZERO, |e| e.id))
+}
+
+/// `last: n`: the newest `n` entries up to `until`, then live. Returns the id
+/// after which held live frames are released.
+async fn replay_last(
+    core: &Rc<Core>,
+    conn: &Rc<Conn>,
+    req: Option<u64>,
+    name: &str,
+    key: &[u8],
+    n: u64,
+    until: StreamId,
+) -> Result<StreamId, ProtocolError> {
+    if n == 0 {
+        subscribed(conn, name, req, until, true);
+        return Ok(until);
+    }
+    // One extra entry names the position: the id just before the first one sent.
+    let count = (n + 1).to_string();
+    let end = until.to_string();
+    let reply = pool(core)?
+        .call(&[b"XREVRANGE", key, end.as_bytes(), b"-", b"COUNT", count.as_bytes()])
+        .await?;
+    let mut entries = resp::entries(reply).map_err(bad_reply)?;
+    let position = if entries.len() as u64 > n {
+        entries.pop().map_or(StreamId::ZERO, |e| e.id)
+    } else {
+        StreamId::ZERO
+    };
+    entries.reverse();
+    subscribed(conn, name, req, position, true);
+    send_history(core, conn, name, &entries).await;
+    Ok(until)
+}
+
+/// `since`: every entry after `since` up to `until`, paged, then live.
+async fn replay_since(
+    core: &Rc<Core>,
+    conn: &Rc<Conn>,
+    req: Option<u64>,
+    name: &str,
+    key: &[u8],
+    since: StreamId,
+    until: StreamId,
+) -> Result<StreamId, ProtocolError> {
+    let page = core.settings.limits.replay_page;
+    let mut after = since;
+    let mut first = true;
+    loop {
+        let (entries, retained) = read_page(core, key, after, until, page).await?;
+        if first {
+            subscribed(conn, name, req, since, retained);
+            first = false;
+        } else if !retained {
+            // Trimming overtook the replay after `subscribed` promised more: say
+            // so and drop the subscription rather than skip ids silently.
+            return Err(ProtocolError::new(
+                ErrorCode::Internal,
+                format!("replay of {name} was overtaken by stream trimming after {after}; subscribe again with since {after}"),
+            ));
+        }
+        send_history(core, conn, name, &entries).await;
+        let full = entries.len() as u64 == page;
+        if let Some(last) = entries.last() {
+            after = last.id;
+        }
+        if !full || after >= until || !conn.is_open() {
+            break;
+        }
+    }
+    Ok(after.max(since).max(until))
+}
+
+/// One XRANGE page after `after`, and whether nothing after `after` had been
+/// dropped, read atomically (MULTI/EXEC) so trimming cannot slip in between.
+async fn read_page(
+    core: &Core,
+    key: &[u8],
+    after: StreamId,
+    until: StreamId,
+    page: u64,
+) -> Result<(Vec<Entry>, bool), ProtocolError> {
+    let start = format!("({after}");
+    let end = until.to_string();
+    let count = page.to_string();
+    let link = pool(core)?;
+    // Queued back to back in one synchronous step: nothing can come between
+    // them on the shared connection.
+    let multi = link.call(&[b"MULTI"]);
+    let range = link.call(&[b"XRANGE", key, start.as_bytes(), end.as_bytes(), b"COUNT", count.as_bytes()]);
+    let info = link.call(&[b"XINFO", b"STREAM", key]);
+    let exec = link.call(&[b"EXEC"]);
+    resp::expect_ok(&multi.await?).map_err(bad_reply)?;
+    let _queued = (range.await?, info.await?);
+    let Reply::Array { data, .. } = exec.await? else {
+        return Err(bad_reply(ReplyError::Shape("EXEC reply")));
+    };
+    let [range, info]: [Reply; 2] = data.try_into().map_err(|_| bad_reply(ReplyError::Shape("EXEC reply")))?;
+    let entries = if after >= until { Vec::new() } else { resp::entries(range).map_err(bad_reply)? };
+    // A missing key (XINFO error) proves nothing: not recovered.
+    let retained = resp::stream_info(info).is_ok_and(|info| nothing_dropped_after(&info, after));
+    Ok((entries, retained))
+}
+
+/// Sends history frames, waiting for the client to drain when its queue is
+/// half full, so a long replay never trips the slow-consumer limit by itself.
+async fn send_history(core: &Core, conn: &Conn, name: &str, entries: &[Entry]) {
+    for entry in entries {
+        while conn.is_open() && conn.queued_bytes() > conn.queue_limit() / 2 {
+            conn.drained.wait().await;
+        }
+        if !conn.is_open() {
+            return;
+        }
+        let frame: Bytes = core.frames.borrow_mut().stream_delivery(name, entry.id, &entry.fields);
+        conn.send(frame);
+    }
+}
+
+/// Handles `unsubscribe`.
+pub fn unsubscribe(core: &Rc<Core>, conn: &Rc<Conn>, req: Option<u64>, channel: &str) {
+    if !conn.subs.borrow().contains(channel) {
+        let message = format!("not subscribed to {channel}");
+        conn.send_json(&envelope::error(ErrorCode::NotSubscribed, &message, req));
+        return;
+    }
+    leave(core, conn, channel);
+    conn.send_json(&envelope::unsubscribed(channel, req));
+}
+
+/// Removes `conn` from `channel`; the last local subscriber leaving drops the
+/// core's Redis subscription.
+pub fn leave(core: &Rc<Core>, conn: &Conn, channel: &str) {
+    conn.subs.borrow_mut().remove(channel);
+    let emptied = core.hub.borrow_mut().leave(channel, conn.id);
+    if let Some(channel) = emptied {
+        match channel.source {
+            Source::Pubsub => redis::unsubscribe_pubsub(core, &channel.name),
+            Source::Stream => redis::wake_reader(core),
+        }
+    }
+}
