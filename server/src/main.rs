@@ -29,6 +29,7 @@ mod subscribe;
 mod writev;
 mod ws;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -53,7 +54,11 @@ fn main() -> ExitCode {
         eprintln!("feedgate: config key `log`: {e}; using `info`");
         EnvFilter::new("info")
     });
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
     for name in settings::unknown_env_vars() {
         tracing::warn!(variable = %name, "unknown FEEDGATE_ environment variable ignored");
     }
