@@ -69,7 +69,7 @@ pub struct Namespaces {
 impl Namespaces {
     /// Builds the lookup from configured namespaces.
     pub fn new(mut namespaces: Vec<Namespace>) -> Self {
-        namespaces.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        namespaces.sort_by_key(|ns| std::cmp::Reverse(ns.prefix.len()));
         Self {
             by_prefix_len: namespaces,
         }
@@ -108,8 +108,14 @@ mod tests {
     #[test]
     fn longest_prefix_wins() {
         let ns = Namespaces::new(vec![
-            Namespace { prefix: "ps.".into(), source: Source::Pubsub },
-            Namespace { prefix: "ps.durable.".into(), source: Source::Stream },
+            Namespace {
+                prefix: "ps.".into(),
+                source: Source::Pubsub,
+            },
+            Namespace {
+                prefix: "ps.durable.".into(),
+                source: Source::Stream,
+            },
         ]);
         assert_eq!(ns.source_of("ps.x"), Source::Pubsub);
         assert_eq!(ns.source_of("ps.durable.x"), Source::Stream);

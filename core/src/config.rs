@@ -174,15 +174,22 @@ mod tests {
     fn unknown_keys_are_named() {
         let err = toml::from_str::<FileConfig>("lisen = \"x\"").unwrap_err().to_string();
         assert!(err.contains("lisen"), "{err}");
-        let err = toml::from_str::<FileConfig>("[limits]\nmax_frame = 1").unwrap_err().to_string();
+        let err = toml::from_str::<FileConfig>("[limits]\nmax_frame = 1")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("max_frame"), "{err}");
-        let err = toml::from_str::<FileConfig>("[[namespaces]]\nprefix=\"a\"\nsource=\"kafka\"").unwrap_err().to_string();
+        let err = toml::from_str::<FileConfig>("[[namespaces]]\nprefix=\"a\"\nsource=\"kafka\"")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("kafka"), "{err}");
     }
 
     #[test]
     fn zero_limits_are_refused() {
-        let limits = Limits { replay_page: 0, ..Limits::default() };
+        let limits = Limits {
+            replay_page: 0,
+            ..Limits::default()
+        };
         assert_eq!(limits.validate().unwrap_err().key, "limits.replay_page");
     }
 

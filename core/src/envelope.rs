@@ -98,7 +98,10 @@ mod tests {
 
     #[test]
     fn subscribed_stream_has_position_and_recovered() {
-        let start = StreamStart { position: StreamId::new(5, 1), recovered: false };
+        let start = StreamStart {
+            position: StreamId::new(5, 1),
+            recovered: false,
+        };
         assert_eq!(
             s(subscribed("md.x", Some(3), Some(start))),
             r#"{"type":"subscribed","channel":"md.x","req":3,"position":"5-1","recovered":false}"#
@@ -107,7 +110,10 @@ mod tests {
 
     #[test]
     fn subscribed_pubsub_has_neither() {
-        assert_eq!(s(subscribed("ps.x", None, None)), r#"{"type":"subscribed","channel":"ps.x"}"#);
+        assert_eq!(
+            s(subscribed("ps.x", None, None)),
+            r#"{"type":"subscribed","channel":"ps.x"}"#
+        );
     }
 
     #[test]

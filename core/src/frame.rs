@@ -155,9 +155,16 @@ mod tests {
     #[test]
     fn stream_delivery_has_the_documented_layout() {
         let mut b = FrameBuilder::new();
-        let f = b.stream_delivery("md.BTC-USD", StreamId::new(1732700000000, 0), &[("data", r#"{"px":101.5,"qty":3}"#)]);
+        let f = b.stream_delivery(
+            "md.BTC-USD",
+            StreamId::new(1732700000000, 0),
+            &[("data", r#"{"px":101.5,"qty":3}"#)],
+        );
         assert_eq!(f[0], 0x81);
-        assert_eq!(body(&f), br#"{"ch":"md.BTC-USD","id":"1732700000000-0","data":{"px":101.5,"qty":3}}"#);
+        assert_eq!(
+            body(&f),
+            br#"{"ch":"md.BTC-USD","id":"1732700000000-0","data":{"px":101.5,"qty":3}}"#
+        );
     }
 
     #[test]

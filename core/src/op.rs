@@ -95,13 +95,13 @@ pub fn parse(text: &mut [u8]) -> Result<Request, OpError> {
             let channel = channel_field()?;
             let since = match obj.get("since") {
                 None => None,
-                Some(v) => Some(
-                    v.as_str()
-                        .and_then(|s| s.parse::<StreamId>().ok())
-                        .ok_or_else(|| {
-                            bad(req, ErrorCode::BadRequest, "`since` must be a stream id like \"1732700000000-0\"")
-                        })?,
-                ),
+                Some(v) => Some(v.as_str().and_then(|s| s.parse::<StreamId>().ok()).ok_or_else(|| {
+                    bad(
+                        req,
+                        ErrorCode::BadRequest,
+                        "`since` must be a stream id like \"1732700000000-0\"",
+                    )
+                })?),
             };
             let last = match obj.get("last") {
                 None => None,
@@ -115,7 +115,11 @@ pub fn parse(text: &mut [u8]) -> Result<Request, OpError> {
                 (Some(id), None) => Start::Since(id),
                 (None, Some(n)) => Start::Last(n),
                 (Some(_), Some(_)) => {
-                    return Err(bad(req, ErrorCode::BadRequest, "`since` and `last` cannot be used together"))
+                    return Err(bad(
+                        req,
+                        ErrorCode::BadRequest,
+                        "`since` and `last` cannot be used together",
+                    ))
                 }
             };
             Op::Subscribe { channel, start }
@@ -135,7 +139,11 @@ pub fn parse(text: &mut [u8]) -> Result<Request, OpError> {
             Op::Publish { channel }
         }
         other => {
-            return Err(bad(req, ErrorCode::UnknownOp, format!("unknown op `{}`", truncate(other, 64))));
+            return Err(bad(
+                req,
+                ErrorCode::UnknownOp,
+                format!("unknown op `{}`", truncate(other, 64)),
+            ));
         }
     };
     Ok(Request { req, op })
@@ -167,20 +175,47 @@ mod tests {
     fn parses_each_op() {
         assert_eq!(
             p(r#"{"op":"subscribe","channel":"md.x","req":4}"#).unwrap(),
-            Request { req: Some(4), op: Op::Subscribe { channel: "md.x".into(), start: Start::Live } }
+            Request {
+                req: Some(4),
+                op: Op::Subscribe {
+                    channel: "md.x".into(),
+                    start: Start::Live
+                }
+            }
         );
         assert_eq!(
             p(r#"{"op":"subscribe","channel":"md.x","since":"5-1"}"#).unwrap().op,
-            Op::Subscribe { channel: "md.x".into(), start: Start::Since(StreamId::new(5, 1)) }
+            Op::Subscribe {
+                channel: "md.x".into(),
+                start: Start::Since(StreamId::new(5, 1))
+            }
         );
         assert_eq!(
             p(r#"{"op":"subscribe","channel":"md.x","last":10}"#).unwrap().op,
-            Op::Subscribe { channel: "md.x".into(), start: Start::Last(10) }
+            Op::Subscribe {
+                channel: "md.x".into(),
+                start: Start::Last(10)
+            }
         );
-        assert_eq!(p(r#"{"op":"unsubscribe","channel":"a"}"#).unwrap().op, Op::Unsubscribe { channel: "a".into() });
-        assert_eq!(p(r#"{"op":"ping"}"#).unwrap(), Request { req: None, op: Op::Ping });
-        assert_eq!(p(r#"{"op":"auth","token":"t"}"#).unwrap().op, Op::Auth { token: "t".into() });
-        assert_eq!(p(r#"{"op":"publish","channel":"a","data":null}"#).unwrap().op, Op::Publish { channel: "a".into() });
+        assert_eq!(
+            p(r#"{"op":"unsubscribe","channel":"a"}"#).unwrap().op,
+            Op::Unsubscribe { channel: "a".into() }
+        );
+        assert_eq!(
+            p(r#"{"op":"ping"}"#).unwrap(),
+            Request {
+                req: None,
+                op: Op::Ping
+            }
+        );
+        assert_eq!(
+            p(r#"{"op":"auth","token":"t"}"#).unwrap().op,
+            Op::Auth { token: "t".into() }
+        );
+        assert_eq!(
+            p(r#"{"op":"publish","channel":"a","data":null}"#).unwrap().op,
+            Op::Publish { channel: "a".into() }
+        );
     }
 
     #[test]
@@ -194,13 +229,34 @@ mod tests {
         assert_eq!(code(r#"{"op":"dance","req":3}"#), (Some(3), ErrorCode::UnknownOp));
         assert_eq!(code(r#"{"op":"subscribe","req":3}"#), (Some(3), ErrorCode::BadRequest));
         assert_eq!(code(r#"{"op":"subscribe","channel":7}"#), (None, ErrorCode::BadRequest));
-        assert_eq!(code(r#"{"op":"subscribe","channel":"a b"}"#), (None, ErrorCode::BadChannel));
-        assert_eq!(code(r#"{"op":"subscribe","channel":""}"#), (None, ErrorCode::BadChannel));
-        assert_eq!(code(r#"{"op":"subscribe","channel":"a","since":"x"}"#), (None, ErrorCode::BadRequest));
-        assert_eq!(code(r#"{"op":"subscribe","channel":"a","since":5}"#), (None, ErrorCode::BadRequest));
-        assert_eq!(code(r#"{"op":"subscribe","channel":"a","last":-1}"#), (None, ErrorCode::BadRequest));
-        assert_eq!(code(r#"{"op":"subscribe","channel":"a","last":1.5}"#), (None, ErrorCode::BadRequest));
-        assert_eq!(code(r#"{"op":"subscribe","channel":"a","last":1,"since":"1-1"}"#), (None, ErrorCode::BadRequest));
+        assert_eq!(
+            code(r#"{"op":"subscribe","channel":"a b"}"#),
+            (None, ErrorCode::BadChannel)
+        );
+        assert_eq!(
+            code(r#"{"op":"subscribe","channel":""}"#),
+            (None, ErrorCode::BadChannel)
+        );
+        assert_eq!(
+            code(r#"{"op":"subscribe","channel":"a","since":"x"}"#),
+            (None, ErrorCode::BadRequest)
+        );
+        assert_eq!(
+            code(r#"{"op":"subscribe","channel":"a","since":5}"#),
+            (None, ErrorCode::BadRequest)
+        );
+        assert_eq!(
+            code(r#"{"op":"subscribe","channel":"a","last":-1}"#),
+            (None, ErrorCode::BadRequest)
+        );
+        assert_eq!(
+            code(r#"{"op":"subscribe","channel":"a","last":1.5}"#),
+            (None, ErrorCode::BadRequest)
+        );
+        assert_eq!(
+            code(r#"{"op":"subscribe","channel":"a","last":1,"since":"1-1"}"#),
+            (None, ErrorCode::BadRequest)
+        );
         assert_eq!(code(r#"{"op":"unsubscribe"}"#), (None, ErrorCode::BadRequest));
         assert_eq!(code(r#"{"op":"publish","channel":"a"}"#), (None, ErrorCode::BadRequest));
     }

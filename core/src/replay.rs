@@ -63,7 +63,10 @@ mod tests {
     fn trimmed_stream_recovers_only_from_retained_ids() {
         let trimmed = info(2, 5, Some(4), 5, 0); // entries 1..=3 trimmed
         assert!(!nothing_dropped_after(&trimmed, id(2)));
-        assert!(!nothing_dropped_after(&trimmed, id(3)), "3 may have a successor we cannot see");
+        assert!(
+            !nothing_dropped_after(&trimmed, id(3)),
+            "3 may have a successor we cannot see"
+        );
         assert!(nothing_dropped_after(&trimmed, id(4)));
         assert!(nothing_dropped_after(&trimmed, id(5)));
     }

@@ -269,7 +269,10 @@ mod tests {
     fn encodes_commands_as_blob_arrays() {
         let mut out = BytesMut::new();
         encode_command(&mut out, &[b"XADD", b"s", b"*", b"data", b"{}"]);
-        assert_eq!(&out[..], b"*5\r\n$4\r\nXADD\r\n$1\r\ns\r\n$1\r\n*\r\n$4\r\ndata\r\n$2\r\n{}\r\n");
+        assert_eq!(
+            &out[..],
+            b"*5\r\n$4\r\nXADD\r\n$1\r\ns\r\n$1\r\n*\r\n$4\r\ndata\r\n$2\r\n{}\r\n"
+        );
     }
 
     #[test]
@@ -314,10 +317,18 @@ mod tests {
         let raw = b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n";
         assert_eq!(
             push(&one(raw)),
-            Some(Push::Message { channel: Bytes::from_static(b"ch"), body: Bytes::from_static(b"hi") })
+            Some(Push::Message {
+                channel: Bytes::from_static(b"ch"),
+                body: Bytes::from_static(b"hi")
+            })
         );
         let raw = b">3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n";
-        assert_eq!(push(&one(raw)), Some(Push::Subscribed { channel: Bytes::from_static(b"ch") }));
+        assert_eq!(
+            push(&one(raw)),
+            Some(Push::Subscribed {
+                channel: Bytes::from_static(b"ch")
+            })
+        );
         assert_eq!(push(&one(b"+OK\r\n")), None);
     }
 

@@ -80,7 +80,18 @@ mod tests {
 
     #[test]
     fn rejects_incomplete_and_junk() {
-        for bad in ["", "5", "5-", "-5", "a-1", "1-b", "1-2-3", "+", "-", "99999999999999999999999-0"] {
+        for bad in [
+            "",
+            "5",
+            "5-",
+            "-5",
+            "a-1",
+            "1-b",
+            "1-2-3",
+            "+",
+            "-",
+            "99999999999999999999999-0",
+        ] {
             assert!(bad.parse::<StreamId>().is_err(), "{bad} should be refused");
         }
     }

@@ -13,11 +13,16 @@ const MAX_HEADERS: usize = 48;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route {
     /// A valid WebSocket upgrade on `/ws`; carries the `Sec-WebSocket-Accept` value.
-    Upgrade { accept: String },
+    Upgrade {
+        accept: String,
+    },
     Healthz,
     Readyz,
     /// An answer decided by the request alone (404, 405, 400 ...).
-    Respond { status: u16, body: &'static str },
+    Respond {
+        status: u16,
+        body: &'static str,
+    },
 }
 
 /// A parsed request head.
@@ -50,8 +55,14 @@ pub fn parse(buf: &[u8]) -> Head {
         ("GET", "/ws") => upgrade(req.headers),
         ("GET", "/healthz") => Route::Healthz,
         ("GET", "/readyz") => Route::Readyz,
-        (_, "/ws" | "/healthz" | "/readyz") => Route::Respond { status: 405, body: "method not allowed\n" },
-        _ => Route::Respond { status: 404, body: "not found\n" },
+        (_, "/ws" | "/healthz" | "/readyz") => Route::Respond {
+            status: 405,
+            body: "method not allowed\n",
+        },
+        _ => Route::Respond {
+            status: 404,
+            body: "not found\n",
+        },
     };
     Head::Complete { route, len }
 }
@@ -104,7 +115,9 @@ fn upgrade(headers: &[httparse::Header<'_>]) -> Route {
             .is_ok_and(|raw| raw.len() == 16)
     });
     match key {
-        Some(key) if key_ok => Route::Upgrade { accept: accept_key(key) },
+        Some(key) if key_ok => Route::Upgrade {
+            accept: accept_key(key),
+        },
         _ => Route::Respond {
             status: 400,
             body: "missing or bad Sec-WebSocket-Key\n",
@@ -144,7 +157,11 @@ pub fn response(status: u16, body: &str) -> Vec<u8> {
         503 => "Service Unavailable",
         _ => "Error",
     };
-    let extra = if status == 426 { "Sec-WebSocket-Version: 13\r\n" } else { "" };
+    let extra = if status == 426 {
+        "Sec-WebSocket-Version: 13\r\n"
+    } else {
+        ""
+    };
     format!(
         "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
         body.len()
@@ -172,13 +189,30 @@ mod tests {
     #[test]
     fn routes() {
         let ws = "GET /ws?token=x HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
-        assert_eq!(route(ws), Route::Upgrade { accept: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into() });
+        assert_eq!(
+            route(ws),
+            Route::Upgrade {
+                accept: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into()
+            }
+        );
         assert_eq!(route("GET /healthz HTTP/1.1\r\n\r\n"), Route::Healthz);
         assert_eq!(route("GET /readyz HTTP/1.1\r\n\r\n"), Route::Readyz);
-        assert!(matches!(route("GET /nope HTTP/1.1\r\n\r\n"), Route::Respond { status: 404, .. }));
-        assert!(matches!(route("POST /ws HTTP/1.1\r\n\r\n"), Route::Respond { status: 405, .. }));
-        assert!(matches!(route("GET /ws HTTP/1.1\r\n\r\n"), Route::Respond { status: 400, .. }));
-        assert!(matches!(route("\x00\x01garbage\r\n\r\n"), Route::Respond { status: 400, .. }));
+        assert!(matches!(
+            route("GET /nope HTTP/1.1\r\n\r\n"),
+            Route::Respond { status: 404, .. }
+        ));
+        assert!(matches!(
+            route("POST /ws HTTP/1.1\r\n\r\n"),
+            Route::Respond { status: 405, .. }
+        ));
+        assert!(matches!(
+            route("GET /ws HTTP/1.1\r\n\r\n"),
+            Route::Respond { status: 400, .. }
+        ));
+        assert!(matches!(
+            route("\x00\x01garbage\r\n\r\n"),
+            Route::Respond { status: 400, .. }
+        ));
         let old = ws.replace("Version: 13", "Version: 8");
         assert!(matches!(route(&old), Route::Respond { status: 426, .. }));
     }
@@ -187,6 +221,12 @@ mod tests {
     fn partial_heads_wait_and_huge_ones_are_refused() {
         assert!(matches!(parse(b"GET /ws HTTP/1.1\r\nHost"), Head::Partial));
         let huge = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(MAX_HEAD));
-        assert!(matches!(parse(huge.as_bytes()), Head::Complete { route: Route::Respond { status: 431, .. }, .. }));
+        assert!(matches!(
+            parse(huge.as_bytes()),
+            Head::Complete {
+                route: Route::Respond { status: 431, .. },
+                ..
+            }
+        ));
     }
 }

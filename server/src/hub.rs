@@ -93,7 +93,9 @@ impl Hub {
 
     /// The channel is subscribed in Redis; a stream's live reads start after `cursor`.
     pub fn set_live(&mut self, name: &str, cursor: StreamId) {
-        let Some(channel) = self.channels.get_mut(name) else { return };
+        let Some(channel) = self.channels.get_mut(name) else {
+            return;
+        };
         if let Phase::Starting(event) = std::mem::replace(&mut channel.phase, Phase::Live) {
             channel.cursor = cursor;
             for sub in &mut channel.subs {
@@ -125,8 +127,12 @@ impl Hub {
     /// Sends `conn` the frames held for it on `name` (only stream ids after
     /// `after`), then lets live frames through.
     pub fn release(&mut self, name: &str, conn_id: u64, after: Option<StreamId>) {
-        let Some(channel) = self.channels.get_mut(name) else { return };
-        let Some(sub) = channel.subs.iter_mut().find(|s| s.conn.id == conn_id) else { return };
+        let Some(channel) = self.channels.get_mut(name) else {
+            return;
+        };
+        let Some(sub) = channel.subs.iter_mut().find(|s| s.conn.id == conn_id) else {
+            return;
+        };
         if let Some(held) = sub.held.take() {
             for (id, frame) in held.frames {
                 if after.is_none_or(|after| id > after) {
@@ -177,7 +183,9 @@ impl Hub {
     /// Sends each new entry of stream `name` to its subscribers. Hot path: the
     /// frame is built once and every subscriber gets a clone of the same `Bytes`.
     pub fn deliver_stream(&mut self, name: &str, entries: &[Entry], frames: &mut FrameBuilder) {
-        let Some(channel) = self.channels.get_mut(name) else { return };
+        let Some(channel) = self.channels.get_mut(name) else {
+            return;
+        };
         for entry in entries {
             // Ids at or before the cursor were delivered already (a re-read
             // after a reconnect): never twice.
@@ -192,7 +200,9 @@ impl Hub {
 
     /// Sends one pub/sub message of `name` to its subscribers.
     pub fn deliver_pubsub(&mut self, name: &str, body: &[u8], frames: &mut FrameBuilder) {
-        let Some(channel) = self.channels.get_mut(name) else { return };
+        let Some(channel) = self.channels.get_mut(name) else {
+            return;
+        };
         if !matches!(channel.phase, Phase::Live) {
             return;
         }

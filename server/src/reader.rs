@@ -14,7 +14,11 @@ use monoio::io::AsyncReadRent;
 
 /// Reads once into the spare capacity of `buf`, appending (monoio reads into
 /// an owned buffer from its start, so the spare part is passed as a slice).
-pub async fn read_more<R: AsyncReadRent>(src: &mut R, mut buf: BytesMut, reserve: usize) -> (io::Result<usize>, BytesMut) {
+pub async fn read_more<R: AsyncReadRent>(
+    src: &mut R,
+    mut buf: BytesMut,
+    reserve: usize,
+) -> (io::Result<usize>, BytesMut) {
     buf.reserve(reserve);
     let start = buf.len();
     let (result, slice) = src.read(buf.slice_mut(start..)).await;

@@ -86,7 +86,11 @@ fn run_core(
             tracing::warn!(core = index, cpu = cpu.id, "could not pin thread to its CPU");
         }
     }
-    let driver = if monoio::utils::detect_uring() { "io_uring" } else { "epoll" };
+    let driver = if monoio::utils::detect_uring() {
+        "io_uring"
+    } else {
+        "epoll"
+    };
     let mut runtime = monoio::RuntimeBuilder::<FusionDriver>::new()
         .enable_timer()
         .build()

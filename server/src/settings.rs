@@ -10,7 +10,11 @@ use feedgate_core::config::{BadValue, FileConfig, Limits, RedisUrl};
 
 /// Command-line flags; each also reads `FEEDGATE_<NAME>` from the environment.
 #[derive(Debug, Parser)]
-#[command(name = "feedgate", version, about = "Streams Redis Streams and pub/sub to WebSocket clients, one pinned thread per core.")]
+#[command(
+    name = "feedgate",
+    version,
+    about = "Streams Redis Streams and pub/sub to WebSocket clients, one pinned thread per core."
+)]
 pub struct Cli {
     /// TOML configuration file (every key documented in docs/configuration.md).
     #[arg(long, env = "FEEDGATE_CONFIG", value_name = "PATH")]
@@ -53,7 +57,12 @@ pub struct Cli {
     pub replay_page: Option<u64>,
     /// A namespace as PREFIX=SOURCE (source: stream or pubsub); repeatable, or
     /// comma-separated in FEEDGATE_NAMESPACES. Replaces the file's namespaces.
-    #[arg(long = "namespace", env = "FEEDGATE_NAMESPACES", value_name = "PREFIX=SOURCE", value_delimiter = ',')]
+    #[arg(
+        long = "namespace",
+        env = "FEEDGATE_NAMESPACES",
+        value_name = "PREFIX=SOURCE",
+        value_delimiter = ','
+    )]
     pub namespaces: Vec<String>,
 }
 
@@ -102,7 +111,10 @@ pub enum SettingsError {
 }
 
 fn bad(key: &'static str, reason: impl Into<String>) -> SettingsError {
-    SettingsError::Bad(BadValue { key, reason: reason.into() })
+    SettingsError::Bad(BadValue {
+        key,
+        reason: reason.into(),
+    })
 }
 
 /// `FEEDGATE_*` variables that no setting reads (typos, most likely).
@@ -131,9 +143,13 @@ impl Settings {
         };
         let listen_text = cli.listen.or(file.listen).unwrap_or_else(|| "0.0.0.0:8080".into());
         let listen = resolve_addr(&listen_text).map_err(|e| bad("listen", e))?;
-        let redis_text = cli.redis.or(file.redis).unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+        let redis_text = cli
+            .redis
+            .or(file.redis)
+            .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
         let redis: RedisUrl = redis_text.parse().map_err(|e: String| bad("redis", e))?;
-        let redis_addr = resolve_addr(&format!("{}:{}", bracket(&redis.host), redis.port)).map_err(|e| bad("redis", e))?;
+        let redis_addr =
+            resolve_addr(&format!("{}:{}", bracket(&redis.host), redis.port)).map_err(|e| bad("redis", e))?;
         let available = core_affinity::get_core_ids().map_or(1, |ids| ids.len().max(1));
         let cores = cli.cores.or(file.cores).unwrap_or(available);
         if cores == 0 {
@@ -142,10 +158,22 @@ impl Settings {
         let f = file.limits;
         let d = Limits::default();
         let limits = Limits {
-            max_message_bytes: cli.max_message_bytes.or(f.max_message_bytes).unwrap_or(d.max_message_bytes),
-            max_subscriptions: cli.max_subscriptions.or(f.max_subscriptions).unwrap_or(d.max_subscriptions),
-            outbound_queue_bytes: cli.outbound_queue_bytes.or(f.outbound_queue_bytes).unwrap_or(d.outbound_queue_bytes),
-            ping_interval_ms: cli.ping_interval_ms.or(f.ping_interval_ms).unwrap_or(d.ping_interval_ms),
+            max_message_bytes: cli
+                .max_message_bytes
+                .or(f.max_message_bytes)
+                .unwrap_or(d.max_message_bytes),
+            max_subscriptions: cli
+                .max_subscriptions
+                .or(f.max_subscriptions)
+                .unwrap_or(d.max_subscriptions),
+            outbound_queue_bytes: cli
+                .outbound_queue_bytes
+                .or(f.outbound_queue_bytes)
+                .unwrap_or(d.outbound_queue_bytes),
+            ping_interval_ms: cli
+                .ping_interval_ms
+                .or(f.ping_interval_ms)
+                .unwrap_or(d.ping_interval_ms),
             pong_timeout_ms: cli.pong_timeout_ms.or(f.pong_timeout_ms).unwrap_or(d.pong_timeout_ms),
             max_last: cli.max_last.or(f.max_last).unwrap_or(d.max_last),
             replay_page: cli.replay_page.or(f.replay_page).unwrap_or(d.replay_page),
@@ -154,7 +182,10 @@ impl Settings {
         let namespaces = if cli.namespaces.is_empty() {
             file.namespaces
         } else {
-            cli.namespaces.iter().map(|s| parse_namespace(s)).collect::<Result<_, _>>()?
+            cli.namespaces
+                .iter()
+                .map(|s| parse_namespace(s))
+                .collect::<Result<_, _>>()?
         };
         Ok(Self {
             listen,
@@ -232,11 +263,17 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_key() {
-        let err = Settings::resolve(cli(&["--listen", "nowhere"])).unwrap_err().to_string();
+        let err = Settings::resolve(cli(&["--listen", "nowhere"]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("`listen`"), "{err}");
-        let err = Settings::resolve(cli(&["--redis", "http://x"])).unwrap_err().to_string();
+        let err = Settings::resolve(cli(&["--redis", "http://x"]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("`redis`"), "{err}");
-        let err = Settings::resolve(cli(&["--namespace", "ps.=kafka"])).unwrap_err().to_string();
+        let err = Settings::resolve(cli(&["--namespace", "ps.=kafka"]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("kafka"), "{err}");
         let err = Settings::resolve(cli(&["--replay-page", "0"])).unwrap_err().to_string();
         assert!(err.contains("limits.replay_page"), "{err}");

@@ -83,7 +83,10 @@ async fn try_subscribe(
     if conn.subs.borrow().len() >= limits.max_subscriptions {
         return Err(ProtocolError::new(
             ErrorCode::TooManySubscriptions,
-            format!("a connection may hold at most {} subscriptions", limits.max_subscriptions),
+            format!(
+                "a connection may hold at most {} subscriptions",
+                limits.max_subscriptions
+            ),
         ));
     }
     if !core.redis.is_ready() {
@@ -170,11 +173,7 @@ async fn subscribe_stream(
         Ok(())
     };
     until_live(core, name, joined, setup).await?;
-    let joined_at = core
-        .hub
-        .borrow()
-        .joined_at(name, conn.id)
-        .ok_or_else(unavailable)?;
+    let joined_at = core.hub.borrow().joined_at(name, conn.id).ok_or_else(unavailable)?;
     let after = match start {
         Start::Live => {
             subscribed(conn, name, req, joined_at, true);
@@ -198,8 +197,13 @@ fn pool(core: &Core) -> Result<Rc<RespConn>, ProtocolError> {
 
 /// The id of the newest entry of `key`, `0-0` when it is empty or missing.
 async fn last_id(core: &Core, key: &[u8]) -> Result<StreamId, ProtocolError> {
-    let reply = pool(core)?.call(&[b"XREVRANGE", key, b"+", b"-", b"COUNT", b"1"]).await?;
-    Ok(resp::entries(reply).map_err(bad_reply)?.first().map_or(StreamId::ZERO, |e| e.id))
+    let reply = pool(core)?
+        .call(&[b"XREVRANGE", key, b"+", b"-", b"COUNT", b"1"])
+        .await?;
+    Ok(resp::entries(reply)
+        .map_err(bad_reply)?
+        .first()
+        .map_or(StreamId::ZERO, |e| e.id))
 }
 
 /// `last: n`: the newest `n` entries up to `until`, then live. Returns the id
@@ -289,7 +293,14 @@ async fn read_page(
     // Queued back to back in one synchronous step: nothing can come between
     // them on the shared connection.
     let multi = link.call(&[b"MULTI"]);
-    let range = link.call(&[b"XRANGE", key, start.as_bytes(), end.as_bytes(), b"COUNT", count.as_bytes()]);
+    let range = link.call(&[
+        b"XRANGE",
+        key,
+        start.as_bytes(),
+        end.as_bytes(),
+        b"COUNT",
+        count.as_bytes(),
+    ]);
     let info = link.call(&[b"XINFO", b"STREAM", key]);
     let exec = link.call(&[b"EXEC"]);
     resp::expect_ok(&multi.await?).map_err(bad_reply)?;
@@ -297,8 +308,14 @@ async fn read_page(
     let Reply::Array { data, .. } = exec.await? else {
         return Err(bad_reply(ReplyError::Shape("EXEC reply")));
     };
-    let [range, info]: [Reply; 2] = data.try_into().map_err(|_| bad_reply(ReplyError::Shape("EXEC reply")))?;
-    let entries = if after >= until { Vec::new() } else { resp::entries(range).map_err(bad_reply)? };
+    let [range, info]: [Reply; 2] = data
+        .try_into()
+        .map_err(|_| bad_reply(ReplyError::Shape("EXEC reply")))?;
+    let entries = if after >= until {
+        Vec::new()
+    } else {
+        resp::entries(range).map_err(bad_reply)?
+    };
     // A missing key (XINFO error) proves nothing: not recovered.
     let retained = resp::stream_info(info).is_ok_and(|info| nothing_dropped_after(&info, after));
     Ok((entries, retained))

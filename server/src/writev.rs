@@ -97,7 +97,11 @@ mod tests {
     #[test]
     fn advance_drops_whole_frames_then_slices() {
         let mut f = Frames::default();
-        f.bufs_mut().extend([Bytes::from_static(b"abc"), Bytes::from_static(b"defg"), Bytes::from_static(b"h")]);
+        f.bufs_mut().extend([
+            Bytes::from_static(b"abc"),
+            Bytes::from_static(b"defg"),
+            Bytes::from_static(b"h"),
+        ]);
         f.advance(5);
         assert_eq!(f.bufs, vec![Bytes::from_static(b"fg"), Bytes::from_static(b"h")]);
         f.advance(3);

@@ -30,7 +30,8 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, leftover: BytesMut) {
     monoio::spawn(run_writer(conn.clone(), wr, limits));
 
     let half = Rc::new(RefCell::new(Some(rd)));
-    let (mut ws, _) = fastwebsockets::after_handshake_split(PollReader::new(half.clone(), leftover), NoWrite, Role::Server);
+    let (mut ws, _) =
+        fastwebsockets::after_handshake_split(PollReader::new(half.clone(), leftover), NoWrite, Role::Server);
     // fastwebsockets refuses frames of `max_message_size` bytes or more; the
     // limit is inclusive here.
     ws.set_max_message_size(limits.max_message_bytes + 1);
@@ -75,7 +76,8 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, leftover: BytesMut) {
     // Read (and discard) until the client closes or the writer's linger ends
     // the socket: closing with unread bytes would send a RST that can destroy
     // our close frame before the client reads it.
-    if let Some(mut rd) = half.borrow_mut().take() {
+    let rd = half.borrow_mut().take();
+    if let Some(mut rd) = rd {
         let mut buf = BytesMut::with_capacity(4096);
         while !conn.is_gone() {
             buf.clear();

@@ -55,7 +55,11 @@ pub struct RespConn {
 impl RespConn {
     /// Connects, says `HELLO 3` (with credentials when the URL has them) and
     /// selects the URL's database.
-    pub async fn connect(addr: SocketAddr, url: &RedisUrl, on_push: Option<PushHandler>) -> Result<Rc<Self>, LinkError> {
+    pub async fn connect(
+        addr: SocketAddr,
+        url: &RedisUrl,
+        on_push: Option<PushHandler>,
+    ) -> Result<Rc<Self>, LinkError> {
         let stream = TcpStream::connect_addr(addr)
             .await
             .map_err(|e| LinkError::Connect(format!("{addr}: {e}")))?;

@@ -8,5 +8,5 @@ mod streams;
 
 pub use conn::{LinkError, RespConn};
 pub use links::{start, Links};
-pub use streams::wake_reader;
 pub use pubsub::{subscribe as subscribe_pubsub, unsubscribe as unsubscribe_pubsub};
+pub use streams::wake_reader;

@@ -64,12 +64,16 @@ pub fn unsubscribe(core: &Core, name: &str) {
 fn on_push(core: &Core, push: Push) {
     match push {
         Push::Message { channel, body } => {
-            let Some(name) = core.settings.channel_of(&channel) else { return };
+            let Some(name) = core.settings.channel_of(&channel) else {
+                return;
+            };
             let mut frames = core.frames.borrow_mut();
             core.hub.borrow_mut().deliver_pubsub(name, &body, &mut frames);
         }
         Push::Subscribed { channel } => {
-            let Some(name) = core.settings.channel_of(&channel) else { return };
+            let Some(name) = core.settings.channel_of(&channel) else {
+                return;
+            };
             let mut unconfirmed = core.redis.unconfirmed.borrow_mut();
             let confirmed = match unconfirmed.get_mut(name) {
                 Some(n) if *n > 1 => {

@@ -24,7 +24,11 @@ pub(super) async fn run_reader(core: Rc<Core>) {
         let settings = &core.settings;
         match RespConn::connect(settings.redis_addr, &settings.redis, None).await {
             Ok(conn) => {
-                match conn.call(&[b"CLIENT", b"ID"]).await.and_then(|r| Ok(resp::integer(&r)?)) {
+                match conn
+                    .call(&[b"CLIENT", b"ID"])
+                    .await
+                    .and_then(|r| Ok(resp::integer(&r)?))
+                {
                     Ok(id) => {
                         backoff.reset();
                         core.redis.reader_id.set(Some(id));
@@ -89,7 +93,9 @@ async fn drop_non_streams(core: &Rc<Core>) {
     let cursors = core.hub.borrow().stream_cursors();
     for (name, _) in cursors {
         let key = core.settings.key_of(&name);
-        let Ok(reply) = pool.call(&[b"TYPE", &key]).await else { return };
+        let Ok(reply) = pool.call(&[b"TYPE", &key]).await else {
+            return;
+        };
         let kind = match &reply {
             resp::Reply::SimpleString { data, .. } => data.clone(),
             _ => continue,
