@@ -124,8 +124,10 @@ mod tests {
             buf
         });
         let mut out = TcpStream::connect_addr(addr).await.unwrap();
-        let sock = socket2::SockRef::from(&out);
-        sock.set_send_buffer_size(4096).unwrap();
+        use std::os::fd::{AsRawFd, BorrowedFd};
+        // SAFETY: `out` owns the fd and outlives this borrow.
+        let fd = unsafe { BorrowedFd::borrow_raw(out.as_raw_fd()) };
+        socket2::SockRef::from(&fd).set_send_buffer_size(4096).unwrap();
         let mut frames = Frames::default();
         let parts: Vec<Bytes> = (0..3u8).map(|i| Bytes::from(vec![i; 300_000])).collect();
         frames.bufs_mut().extend(parts.iter().cloned());
