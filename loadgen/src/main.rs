@@ -1,1 +1,407 @@
-fn main(){}
+//! `feedgate-loadgen`: load against any server that speaks feedgate's
+//! PROTOCOL.md, measured end to end.
+//!
+//! - [`session`]: subscribed connections and measurement steps.
+//! - [`publisher`]: the open-loop publisher (XADD or PUBLISH into Redis).
+//! - [`pacing`]: when each message is due (coordinated-omission safe).
+//! - [`delivery`]: the payload and reading it back from a delivery.
+//! - [`stats`]: latency histogram and loss/duplicate/order bookkeeping.
+//! - [`wsclient`]: a lean WebSocket client.
+//! - [`idle`], [`limit`]: memory per idle connection; the machine's ceiling.
+//! - [`report`]: summaries, JSON, percentile distributions, plots.
+//! - [`target`]: loopback-only targets, fd limits, source addresses.
+
+mod delivery;
+mod idle;
+mod limit;
+mod pacing;
+mod publisher;
+mod report;
+mod session;
+mod stats;
+mod target;
+mod wsclient;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use crate::publisher::Kind;
+use crate::session::{Session, Step, Target};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "feedgate-loadgen",
+    version,
+    about = "End-to-end load for servers that speak the feedgate protocol (loopback targets only)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// N connections over C channels; publish open-loop at a fixed rate; report latency and loss.
+    Fanout(FanoutArgs),
+    /// Step the rate up until p99 crosses a bound or deliveries fall behind.
+    Sweep(SweepArgs),
+    /// Hold N idle subscribed connections and report the server's memory per connection.
+    Idle(IdleArgs),
+    /// The machine's ceiling: pre-built frames written to N loopback sockets, no protocol.
+    Limit(LimitArgs),
+}
+
+#[derive(Args, Clone)]
+struct TargetArgs {
+    /// WebSocket URL of the server under test (loopback only).
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+    url: String,
+    /// Redis the server reads (loopback only).
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    redis: String,
+    /// Connections to open.
+    #[arg(long, short = 'n', default_value_t = 1000)]
+    connections: usize,
+    /// Channels; connection i subscribes to channel i % C.
+    #[arg(long, short = 'c', default_value_t = 10)]
+    channels: usize,
+    /// stream (XADD) or pubsub (PUBLISH).
+    #[arg(long, value_enum, default_value = "stream")]
+    kind: Kind,
+    /// Channel name prefix [default: `lg.` for stream, `ps.lg.` for pubsub].
+    #[arg(long)]
+    prefix: Option<String>,
+    /// Source addresses to spread connections over (default: automatic past ~28k connections).
+    #[arg(long, value_delimiter = ',')]
+    source_addrs: Vec<IpAddr>,
+    /// Pin the load generator to this CPU.
+    #[arg(long)]
+    cpu: Option<usize>,
+    /// Write JSON, percentile distribution and SVG plot into this directory.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Base name of the files written with --out [default: the mode and parameters].
+    #[arg(long)]
+    name: Option<String>,
+}
+
+#[derive(Args)]
+struct FanoutArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Total publish rate, messages per second over all channels.
+    #[arg(long, short = 'r', default_value_t = 1000.0)]
+    rate: f64,
+    /// Payload size in bytes.
+    #[arg(long, short = 'p', default_value_t = 100)]
+    payload: usize,
+    /// Seconds of load before measuring.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Seconds measured.
+    #[arg(long, short = 'd', default_value_t = 10.0)]
+    duration: f64,
+}
+
+#[derive(Args)]
+struct SweepArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// First rate, messages per second.
+    #[arg(long, default_value_t = 1000.0)]
+    start_rate: f64,
+    /// Each step multiplies the rate by this factor.
+    #[arg(long, default_value_t = 1.5)]
+    factor: f64,
+    /// Stop when p99 latency exceeds this many microseconds.
+    #[arg(long, default_value_t = 1000)]
+    p99_bound_us: u64,
+    /// Highest rate tried.
+    #[arg(long, default_value_t = 5_000_000.0)]
+    max_rate: f64,
+    #[arg(long, short = 'p', default_value_t = 100)]
+    payload: usize,
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    #[arg(long, short = 'd', default_value_t = 5.0)]
+    duration: f64,
+}
+
+#[derive(Args)]
+struct IdleArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// PID of the server whose RSS is read.
+    #[arg(long)]
+    pid: u32,
+    /// Seconds to wait after the last subscribe before reading RSS.
+    #[arg(long, default_value_t = 2.0)]
+    settle: f64,
+}
+
+#[derive(Args)]
+struct LimitArgs {
+    /// Sockets written to.
+    #[arg(long, short = 'n', default_value_t = 1000)]
+    connections: usize,
+    /// Frame size in bytes.
+    #[arg(long, default_value_t = 150)]
+    frame_bytes: usize,
+    /// Seconds per batch size.
+    #[arg(long, short = 'd', default_value_t = 5.0)]
+    duration: f64,
+    /// CPU for the writer thread.
+    #[arg(long)]
+    writer_cpu: Option<usize>,
+    /// CPU for the sink thread.
+    #[arg(long)]
+    sink_cpu: Option<usize>,
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("feedgate-loadgen: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Limit(args) => limit(args),
+        Command::Fanout(args) => on_runtime(args.target.cpu, fanout(args)),
+        Command::Sweep(args) => on_runtime(args.target.cpu, sweep(args)),
+        Command::Idle(args) => on_runtime(args.target.cpu, idle(args)),
+    }
+}
+
+fn on_runtime(cpu: Option<usize>, work: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    if let Some(id) = cpu {
+        core_affinity::set_for_current(core_affinity::CoreId { id });
+    }
+    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .build()?;
+    rt.block_on(work)
+}
+
+fn target(args: &TargetArgs) -> anyhow::Result<Target> {
+    let (ws, path) = target::ws_url(&args.url)?;
+    let redis = target::redis_url(&args.redis)?;
+    if args.connections == 0 || args.channels == 0 {
+        anyhow::bail!("--connections and --channels must be at least 1");
+    }
+    target::raise_fd_limit(args.connections as u64 + 64)?;
+    let prefix = args.prefix.clone().unwrap_or_else(|| match args.kind {
+        Kind::Stream => "lg.".into(),
+        Kind::Pubsub => "ps.lg.".into(),
+    });
+    Ok(Target {
+        ws,
+        path,
+        redis,
+        kind: args.kind,
+        channels: (0..args.channels).map(|i| format!("{prefix}{i}")).collect(),
+        sources: target::sources(args.connections, &args.source_addrs)?,
+    })
+}
+
+async fn open(args: &TargetArgs) -> anyhow::Result<Session> {
+    let session = Session::open(target(args)?, args.connections).await?;
+    let s = &session.shared;
+    eprintln!(
+        "connected: {} subscribed, {} connect errors, {} protocol errors{}",
+        s.subscribed.get(),
+        s.connect_errors.get(),
+        s.protocol_errors.get(),
+        s.first_error
+            .borrow()
+            .as_ref()
+            .map(|e| format!(" (first: {e})"))
+            .unwrap_or_default()
+    );
+    if s.subscribed.get() == 0 {
+        anyhow::bail!("no connection subscribed; is the server at {} running?", args.url);
+    }
+    Ok(session)
+}
+
+fn summary(step: &Step) -> String {
+    let l = &step.latency_us;
+    format!(
+        "offered {:.0} msg/s, published {} ({} errors); deliveries {} of {} expected, {:.0}/s in window\n\
+         latency us: p50 {} p90 {} p99 {} p99.9 {} p99.99 {} max {} (n={})\n\
+         lost {} duplicated {} out-of-order {}",
+        step.rate_offered,
+        step.published,
+        step.publish_errors,
+        step.deliveries,
+        step.deliveries_expected,
+        step.deliveries_per_sec,
+        l.p50,
+        l.p90,
+        l.p99,
+        l.p99_9,
+        l.p99_99,
+        l.max,
+        l.count,
+        step.lost,
+        step.duplicated,
+        step.out_of_order
+    )
+}
+
+fn emit(
+    args: &TargetArgs,
+    mode: &str,
+    default_name: String,
+    json: serde_json::Value,
+    step: &Step,
+) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(&json)?);
+    if let Some(dir) = &args.out {
+        let name = args.name.clone().unwrap_or(default_name);
+        report::write_files(dir, &name, &json, &step.hist, &format!("{mode} {name}"))?;
+        eprintln!("wrote {}/{name}.{{json,hgrm,svg}}", dir.display());
+    }
+    Ok(())
+}
+
+async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
+    let t = &args.target;
+    let mut session = open(t).await?;
+    let step = session
+        .step(
+            args.rate,
+            Duration::from_secs_f64(args.warmup),
+            Duration::from_secs_f64(args.duration),
+            args.payload,
+        )
+        .await?;
+    eprintln!("{}", summary(&step));
+    let json = json!({
+        "mode": "fanout", "url": t.url, "kind": t.kind, "connections": t.connections, "channels": t.channels,
+        "payload_bytes": args.payload, "warmup_s": args.warmup, "duration_s": args.duration,
+        "connect_errors": session.shared.connect_errors.get(), "protocol_errors": session.shared.protocol_errors.get(),
+        "result": step,
+    });
+    let name = format!(
+        "fanout-{:?}-n{}-c{}-r{}-p{}",
+        t.kind, t.connections, t.channels, args.rate, args.payload
+    )
+    .to_lowercase();
+    emit(t, "fanout", name, json, &step)
+}
+
+async fn sweep(args: SweepArgs) -> anyhow::Result<()> {
+    let t = &args.target;
+    let mut session = open(t).await?;
+    let mut rate = args.start_rate;
+    let mut best: Option<Step> = None;
+    let mut steps = Vec::new();
+    while rate <= args.max_rate {
+        let step = session
+            .step(
+                rate,
+                Duration::from_secs_f64(args.warmup),
+                Duration::from_secs_f64(args.duration),
+                args.payload,
+            )
+            .await?;
+        eprintln!("rate {rate:.0}: {}", summary(&step).replace('\n', "; "));
+        let behind = step.deliveries < step.deliveries_expected * 99 / 100;
+        let over = step.latency_us.p99 > args.p99_bound_us;
+        steps.push(step.clone());
+        if behind || over || step.lost > 0 {
+            break;
+        }
+        best = Some(step);
+        rate *= args.factor;
+    }
+    let Some(best) = best else {
+        anyhow::bail!("even the first rate ({}) missed the bound", args.start_rate);
+    };
+    eprintln!(
+        "highest sustained: {:.0} deliveries/s with p99 {} us (bound {} us)",
+        best.deliveries_per_sec, best.latency_us.p99, args.p99_bound_us
+    );
+    let json = json!({
+        "mode": "sweep", "url": t.url, "kind": t.kind, "connections": t.connections, "channels": t.channels,
+        "payload_bytes": args.payload, "p99_bound_us": args.p99_bound_us,
+        "best_deliveries_per_sec": best.deliveries_per_sec, "best": best, "steps": steps,
+    });
+    let name = format!(
+        "sweep-{:?}-n{}-c{}-p{}",
+        t.kind, t.connections, t.channels, args.payload
+    )
+    .to_lowercase();
+    emit(t, "sweep", name, json, &best)
+}
+
+async fn idle(args: IdleArgs) -> anyhow::Result<()> {
+    let t = &args.target;
+    let report = idle::measure(
+        target(t)?,
+        t.connections,
+        args.pid,
+        Duration::from_secs_f64(args.settle),
+    )
+    .await?;
+    eprintln!(
+        "{} of {} connections subscribed; server RSS {} -> {} bytes: {:.0} bytes per connection",
+        report.subscribed, report.connections, report.rss_before, report.rss_after, report.bytes_per_connection
+    );
+    let json = json!({"mode": "idle", "url": t.url, "result": report});
+    println!("{}", serde_json::to_string(&json)?);
+    if let Some(dir) = &t.out {
+        std::fs::create_dir_all(dir)?;
+        let name = t.name.clone().unwrap_or_else(|| format!("idle-n{}", t.connections));
+        std::fs::write(
+            dir.join(format!("{name}.json")),
+            serde_json::to_string_pretty(&json)? + "\n",
+        )?;
+    }
+    Ok(())
+}
+
+fn limit(args: LimitArgs) -> anyhow::Result<()> {
+    target::raise_fd_limit(2 * args.connections as u64 + 64)?;
+    let mut results = Vec::new();
+    for batch in [1, 8] {
+        let c = limit::measure(
+            args.connections,
+            args.frame_bytes,
+            batch,
+            Duration::from_secs_f64(args.duration),
+            args.writer_cpu,
+            args.sink_cpu,
+        )?;
+        eprintln!(
+            "{} frames per write, {} sockets, {}-byte frames: {:.0} deliveries/s",
+            c.frames_per_write, c.connections, c.frame_bytes, c.deliveries_per_sec
+        );
+        results.push(c);
+    }
+    let json = json!({"mode": "limit", "results": results});
+    println!("{}", serde_json::to_string(&json)?);
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(
+            dir.join(format!("limit-n{}.json", args.connections)),
+            serde_json::to_string_pretty(&json)? + "\n",
+        )?;
+    }
+    Ok(())
+}

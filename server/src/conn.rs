@@ -168,13 +168,11 @@ pub fn shutdown(fd: RawFd, how: libc::c_int) {
     }
 }
 
-/// Drains `conn`'s queue into `sink` until the connection is gone, pinging the
-/// client every `ping_interval` and closing it when it stays silent.
-pub async fn run_writer<W: AsyncWriteRent>(conn: Rc<Conn>, mut sink: W, limits: Limits) {
-    let ping_every = Duration::from_millis(limits.ping_interval_ms);
-    let silence_limit = ping_every + Duration::from_millis(limits.pong_timeout_ms);
+/// Drains `conn`'s queue into `sink` until the connection is gone. Hot path:
+/// no timer per wake-up (pings come from the core's keepalive task), just a
+/// wait on the notify and one vectored write per batch.
+pub async fn run_writer<W: AsyncWriteRent>(conn: Rc<Conn>, mut sink: W) {
     let mut frames = Frames::default();
-    let mut next_ping = Instant::now() + ping_every;
     loop {
         conn.out.borrow_mut().drain_into(frames.bufs_mut(), MAX_IOVECS);
         if !frames.bufs_mut().is_empty() {
@@ -204,21 +202,23 @@ pub async fn run_writer<W: AsyncWriteRent>(conn: Rc<Conn>, mut sink: W, limits: 
                 conn.shutdown_socket();
                 return;
             }
-            State::Open => {}
+            State::Open => conn.wake.wait().await,
         }
-        let now = Instant::now();
-        if now >= next_ping {
-            next_ping = now + ping_every;
-            if now.duration_since(conn.last_seen.get()) >= silence_limit {
-                conn.close(close_code::NORMAL, "ping timeout");
-            } else {
-                conn.out.borrow_mut().push_unbounded(frame::ping(b"fg"));
-            }
-            continue;
+    }
+}
+
+impl Conn {
+    /// Pings the client, or closes it when it has been silent longer than
+    /// `silence_limit` (it stopped answering pings).
+    pub fn keepalive(&self, now: Instant, silence_limit: Duration) {
+        if !self.is_open() {
+            return;
         }
-        monoio::select! {
-            _ = conn.wake.wait() => {}
-            _ = monoio::time::sleep(next_ping - now) => {}
+        if now.duration_since(self.last_seen.get()) >= silence_limit {
+            self.close(close_code::NORMAL, "ping timeout");
+        } else {
+            self.out.borrow_mut().push_unbounded(frame::ping(b"fg"));
+            self.wake.notify();
         }
     }
 }

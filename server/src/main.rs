@@ -7,6 +7,7 @@
 //! - [`http`]: request heads, routes and the WebSocket handshake.
 //! - [`ws`]: a WebSocket connection's reader and its ops.
 //! - [`conn`]: a connection's queue, closing handshake and writer task.
+//! - [`keepalive`]: pings, and closing clients that stopped answering.
 //! - [`writev`]: vectored writes of shared frames.
 //! - [`subscribe`]: subscribe, unsubscribe and replays.
 //! - [`hub`]: channel -> local subscribers, fan-out.
@@ -19,6 +20,7 @@ mod conn;
 mod core;
 mod http;
 mod hub;
+mod keepalive;
 mod listener;
 mod notify;
 mod reader;

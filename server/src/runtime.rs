@@ -16,6 +16,7 @@ use signal_hook::iterator::Signals;
 use crate::accept::accept_loop;
 use crate::conn::close_code;
 use crate::core::{Core, Readiness};
+use crate::keepalive;
 use crate::listener;
 use crate::redis;
 use crate::settings::Settings;
@@ -100,6 +101,7 @@ fn run_core(
         let core = Rc::new(Core::new(index, settings, readiness));
         let listener = monoio::net::TcpListener::from_std(std_listener).context("adopting the listener")?;
         redis::start(&core);
+        monoio::spawn(keepalive::run(core.clone()));
         let acceptor = monoio::spawn(accept_loop(core.clone(), listener));
         let _ = stop.await;
         core.shutdown.set();

@@ -27,7 +27,7 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, leftover: BytesMut) {
     core.conns.borrow_mut().insert(conn.id, conn.clone());
     tracing::debug!(conn = conn.id, "websocket open");
     let (rd, wr) = stream.into_split();
-    monoio::spawn(run_writer(conn.clone(), wr, limits));
+    monoio::spawn(run_writer(conn.clone(), wr));
 
     let half = Rc::new(RefCell::new(Some(rd)));
     let (mut ws, _) =
