@@ -79,14 +79,9 @@ exec 4<> <(:)
 stopping=0
 finish() {
     stopping=1
-    exec 3>&- 2>/dev/null || true           # EOF: redis-cli finishes and exits
-    if kill -0 "$cli_pid" 2>/dev/null; then
-        for _ in 1 2 3 4 5 6 7 8 9 10; do
-            kill -0 "$cli_pid" 2>/dev/null || break
-            read -r -t 0.1 -u 4 _ || true
-        done
-        kill "$cli_pid" 2>/dev/null || true
-    fi
+    exec 3>&- 2>/dev/null || true   # EOF for redis-cli
+    kill "$cli_pid" 2>/dev/null || true
+    wait "$cli_pid" 2>/dev/null || true
 }
 trap finish EXIT
 trap 'exit 0' INT TERM

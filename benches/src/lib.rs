@@ -1,1 +1,118 @@
-//! Criterion benches live in benches/benches/.
+//! Inputs shared by the criterion benches in `benches/benches/`: built once,
+//! outside the timed code, and checked by the tests below so a bench never
+//! measures an error path by accident.
+
+use bytes::Bytes;
+use feedgate_core::StreamId;
+
+/// The channel every bench delivers on.
+pub const CHANNEL: &str = "md.BTC-USD";
+
+/// A 103-byte JSON payload, the `data` of a typical market-data entry.
+pub const JSON_100B: &[u8] =
+    br#"{"sym":"BTC-USD","px":101234.5,"qty":0.25,"side":"buy","ts":1732700000000123,"venue":"XNAS","seq":4242}"#;
+
+/// A subscribe op with a replay position and a `req`, as a client sends it.
+pub const SUBSCRIBE_SINCE: &[u8] = br#"{"op":"subscribe","channel":"md.BTC-USD","since":"1732700000000-0","req":7}"#;
+
+/// The id of the `i`-th entry of the fixtures: realistic millisecond times.
+pub fn entry_id(i: u64) -> StreamId {
+    StreamId::new(1_732_700_000_000 + i, i % 3)
+}
+
+/// A stream entry whose only field is `data` holding [`JSON_100B`] (spliced).
+pub fn data_entry() -> Vec<(Bytes, Bytes)> {
+    vec![(Bytes::from_static(b"data"), Bytes::from_static(JSON_100B))]
+}
+
+/// A stream entry of six plain fields (sent as a JSON object of strings).
+pub fn multi_field_entry() -> Vec<(Bytes, Bytes)> {
+    [
+        ("sym", "BTC-USD"),
+        ("px", "101234.5"),
+        ("qty", "0.25"),
+        ("side", "buy"),
+        ("ts", "1732700000000123"),
+        ("venue", "XNAS"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (Bytes::from_static(k.as_bytes()), Bytes::from_static(v.as_bytes())))
+    .collect()
+}
+
+fn blob(out: &mut Vec<u8>, data: &[u8]) {
+    out.push(b'$');
+    out.extend_from_slice(data.len().to_string().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The RESP3 reply of `XREAD STREAMS <CHANNEL> ...` holding `n` entries, each
+/// `[id, ["data", JSON_100B]]`: a map of one stream key to its entry list.
+pub fn xread_reply(n: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + n as usize * (JSON_100B.len() + 48));
+    out.extend_from_slice(b"%1\r\n");
+    blob(&mut out, CHANNEL.as_bytes());
+    out.extend_from_slice(format!("*{n}\r\n").as_bytes());
+    for i in 0..n {
+        out.extend_from_slice(b"*2\r\n");
+        blob(&mut out, entry_id(i).to_string().as_bytes());
+        out.extend_from_slice(b"*2\r\n");
+        blob(&mut out, b"data");
+        blob(&mut out, JSON_100B);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+    use feedgate_core::frame::{body, FrameBuilder};
+    use feedgate_core::op::{self, Op, Start};
+    use feedgate_core::resp;
+
+    #[test]
+    fn the_json_payload_is_spliced_not_escaped() {
+        assert!((90..=110).contains(&JSON_100B.len()));
+        let f = FrameBuilder::new().stream_delivery(CHANNEL, entry_id(0), &data_entry());
+        let mut expected = br#"{"ch":"md.BTC-USD","id":"1732700000000-0","data":"#.to_vec();
+        expected.extend_from_slice(JSON_100B);
+        expected.push(b'}');
+        assert_eq!(body(&f), &expected[..]);
+    }
+
+    #[test]
+    fn the_multi_field_entry_becomes_an_object() {
+        let f = FrameBuilder::new().stream_delivery(CHANNEL, entry_id(1), &multi_field_entry());
+        assert!(body(&f).ends_with(br#""data":{"sym":"BTC-USD","px":"101234.5","qty":"0.25","side":"buy","ts":"1732700000000123","venue":"XNAS"}}"#));
+    }
+
+    #[test]
+    fn the_xread_reply_decodes_to_its_entries() {
+        let mut buf = BytesMut::from(&xread_reply(100)[..]);
+        let frame = resp::decode(&mut buf).unwrap().unwrap();
+        assert!(buf.is_empty());
+        let streams = resp::xread(frame).unwrap();
+        assert_eq!(streams.len(), 1);
+        assert_eq!(&streams[0].0[..], CHANNEL.as_bytes());
+        let entries = &streams[0].1;
+        assert_eq!(entries.len(), 100);
+        assert_eq!(entries[99].id, entry_id(99));
+        assert_eq!(entries[99].fields, data_entry());
+    }
+
+    #[test]
+    fn the_subscribe_op_parses() {
+        let req = op::parse(&mut SUBSCRIBE_SINCE.to_vec()).unwrap();
+        assert_eq!(req.req, Some(7));
+        assert_eq!(
+            req.op,
+            Op::Subscribe {
+                channel: CHANNEL.into(),
+                start: Start::Since(StreamId::new(1_732_700_000_000, 0))
+            }
+        );
+    }
+}

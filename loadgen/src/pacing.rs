@@ -19,7 +19,8 @@ impl Schedule {
 
     /// How many messages are due by `elapsed` (messages `0..n`).
     pub fn due_by(&self, elapsed: Duration) -> u64 {
-        (elapsed.as_secs_f64() * self.rate).floor() as u64 + 1
+        // The epsilon absorbs `due`'s rounding to whole nanoseconds.
+        (elapsed.as_secs_f64() * self.rate + 1e-6).floor() as u64 + 1
     }
 }
 

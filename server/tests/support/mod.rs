@@ -50,7 +50,10 @@ pub fn free_port() -> u16 {
 pub fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !ready() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         thread::sleep(Duration::from_millis(20));
     }
 }
@@ -69,13 +72,34 @@ fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     }
 }
 
+/// Polls `ready` until it holds (`Ok`) or `child` exits first (`Err`); fails
+/// the test naming `what` after [`STARTUP_TIMEOUT`].
+fn wait_ready_or_exit(child: &mut Child, what: &str, mut ready: impl FnMut() -> bool) -> Result<(), ExitStatus> {
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Err(status);
+        }
+        if ready() {
+            return Ok(());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {STARTUP_TIMEOUT:?} waiting for {what}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn kill_child(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
 }
 
 fn read_file(path: &Path) -> String {
-    std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+    std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
 }
 
 /// A directory removed when dropped.
@@ -167,29 +191,16 @@ impl Redis {
         cmd.stdin(Stdio::null())
             .stdout(self.dir.log_file("redis.log"))
             .stderr(self.dir.log_file("redis.log"));
-        let mut child = cmd.spawn().expect("spawn redis-server (is it installed?)");
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        loop {
-            if child.try_wait().expect("try_wait").is_some() {
-                return false;
-            }
-            if self.answers_ping() {
-                self.child = Some(child);
-                return true;
-            }
-            if Instant::now() >= deadline {
-                kill_child(&mut child);
-                panic!("redis-server on port {port} did not answer PING; log:\n{}", self.log());
-            }
-            thread::sleep(Duration::from_millis(20));
+        let url = self.url();
+        let child = self
+            .child
+            .insert(cmd.spawn().expect("spawn redis-server (is it installed?)"));
+        let what = format!("redis-server at {url} to answer PING");
+        if wait_ready_or_exit(child, &what, || answers_ping(&url)).is_err() {
+            self.child = None; // exited: most likely the port was taken
+            return false;
         }
-    }
-
-    fn answers_ping(&self) -> bool {
-        let Ok(client) = redis::Client::open(self.url()) else { return false };
-        let Ok(mut con) = client.get_connection_with_timeout(Duration::from_secs(1)) else { return false };
-        let _ = con.set_read_timeout(Some(Duration::from_secs(1)));
-        matches!(redis::cmd("PING").query::<String>(&mut con), Ok(pong) if pong == "PONG")
+        true
     }
 
     pub fn port(&self) -> u16 {
@@ -206,7 +217,8 @@ impl Redis {
         let con = client
             .get_connection_with_timeout(READ_TIMEOUT)
             .unwrap_or_else(|e| panic!("connect to redis at {}: {e}", self.url()));
-        con.set_read_timeout(Some(READ_TIMEOUT)).expect("set redis read timeout");
+        con.set_read_timeout(Some(READ_TIMEOUT))
+            .expect("set redis read timeout");
         con
     }
 
@@ -224,7 +236,12 @@ impl Redis {
     /// Starts Redis again on the same port with the same data directory.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "redis is still running");
-        assert!(self.spawn(), "redis-server did not restart on port {}; log:\n{}", self.port, self.log());
+        assert!(
+            self.spawn(),
+            "redis-server did not restart on port {}; log:\n{}",
+            self.port,
+            self.log()
+        );
     }
 
     pub fn log(&self) -> String {
@@ -240,6 +257,17 @@ impl Drop for Redis {
     }
 }
 
+fn answers_ping(url: &str) -> bool {
+    let Ok(client) = redis::Client::open(url) else {
+        return false;
+    };
+    let Ok(mut con) = client.get_connection_with_timeout(Duration::from_secs(1)) else {
+        return false;
+    };
+    let _ = con.set_read_timeout(Some(Duration::from_secs(1)));
+    matches!(redis::cmd("PING").query::<String>(&mut con), Ok(pong) if pong == "PONG")
+}
+
 /// Runs one Redis command given as words; panics with the command on error.
 pub fn redis_cmd<T: redis::FromRedisValue>(con: &mut redis::Connection, words: &[&str]) -> T {
     let mut cmd = redis::cmd(words[0]);
@@ -251,7 +279,10 @@ pub fn redis_cmd<T: redis::FromRedisValue>(con: &mut redis::Connection, words: &
 
 /// `XADD key * f1 v1 f2 v2 ...`, fields given flat; returns the new id.
 pub fn xadd(con: &mut redis::Connection, key: &str, fields: &[&[u8]]) -> String {
-    assert!(!fields.is_empty() && fields.len() % 2 == 0, "fields come in name, value pairs");
+    assert!(
+        !fields.is_empty() && fields.chunks(2).all(|pair| pair.len() == 2),
+        "fields come in name, value pairs"
+    );
     let mut cmd = redis::cmd("XADD");
     cmd.arg(key).arg("*");
     for f in fields {
@@ -299,7 +330,8 @@ pub type SeqEntry = (u64, String);
 
 /// XADDs the sequenced entries `seqs` to `key`, one after the other.
 pub fn xadd_seqs(con: &mut redis::Connection, key: &str, seqs: RangeInclusive<u64>) -> Vec<SeqEntry> {
-    seqs.map(|seq| (seq, xadd_data(con, key, seq_data(seq).as_bytes()))).collect()
+    seqs.map(|seq| (seq, xadd_data(con, key, seq_data(seq).as_bytes())))
+        .collect()
 }
 
 /// A thread that keeps XADDing sequenced entries while a test does something
@@ -334,7 +366,11 @@ impl Producer {
 
     /// Waits until every entry is written; returns them in order.
     pub fn join(mut self) -> Vec<SeqEntry> {
-        self.handle.take().expect("joined once").join().expect("producer thread panicked")
+        self.handle
+            .take()
+            .expect("joined once")
+            .join()
+            .expect("producer thread panicked")
     }
 }
 
@@ -385,18 +421,29 @@ pub struct Delivery {
 pub fn parse_delivery(raw: &str) -> Delivery {
     let v: Value = serde_json::from_str(raw).unwrap_or_else(|e| panic!("frame is not JSON ({e}): {raw}"));
     let ch = v.get("ch").and_then(Value::as_str);
-    let Some(ch) = ch else { panic!("expected a delivery, got: {raw}") };
+    let Some(ch) = ch else {
+        panic!("expected a delivery, got: {raw}")
+    };
     Delivery {
         ch: ch.to_owned(),
-        id: v.get("id").map(|id| id.as_str().unwrap_or_else(|| panic!("id is not a string: {raw}")).to_owned()),
-        data: v.get("data").cloned().unwrap_or_else(|| panic!("delivery without data: {raw}")),
+        id: v.get("id").map(|id| {
+            id.as_str()
+                .unwrap_or_else(|| panic!("id is not a string: {raw}"))
+                .to_owned()
+        }),
+        data: v
+            .get("data")
+            .cloned()
+            .unwrap_or_else(|| panic!("delivery without data: {raw}")),
         raw: raw.to_owned(),
     }
 }
 
 /// A stream id `ms-seq` as a pair, for ordering.
 pub fn parse_id(id: &str) -> (u64, u64) {
-    let (ms, seq) = id.split_once('-').unwrap_or_else(|| panic!("not a full stream id: {id}"));
+    let (ms, seq) = id
+        .split_once('-')
+        .unwrap_or_else(|| panic!("not a full stream id: {id}"));
     (ms.parse().expect("id ms"), seq.parse().expect("id seq"))
 }
 
@@ -409,15 +456,29 @@ pub fn recv_seqs(client: &mut Client, ch: &str, seqs: RangeInclusive<u64>) -> Ve
         let raw = client.recv_text();
         let d = parse_delivery(&raw);
         assert_eq!(d.ch, ch, "delivery on an unexpected channel: {raw}");
-        let id = d.id.clone().unwrap_or_else(|| panic!("stream delivery without id: {raw}"));
-        let seq = d.data.get("seq").and_then(Value::as_u64).unwrap_or_else(|| panic!("no seq in {raw}"));
+        let id =
+            d.id.clone()
+                .unwrap_or_else(|| panic!("stream delivery without id: {raw}"));
+        let seq = d
+            .data
+            .get("seq")
+            .and_then(Value::as_u64)
+            .unwrap_or_else(|| panic!("no seq in {raw}"));
         let last = got.last().map(|(s, _)| *s);
         assert!(
             seq == want,
             "expected seq {want} on {ch}, got {seq} ({}); previous seq {last:?}; frame: {raw}",
-            if seq > want { "gap: entries skipped" } else { "duplicate or out of order" }
+            if seq > want {
+                "gap: entries skipped"
+            } else {
+                "duplicate or out of order"
+            }
         );
-        assert_eq!(raw, stream_frame(ch, &id, &seq_data(seq)), "delivery bytes differ from the documented layout");
+        assert_eq!(
+            raw,
+            stream_frame(ch, &id, &seq_data(seq)),
+            "delivery bytes differ from the documented layout"
+        );
         if let Some((_, prev)) = got.last() {
             assert!(parse_id(&id) > parse_id(prev), "ids not increasing: {prev} then {id}");
         }
@@ -560,24 +621,18 @@ impl Feedgate {
 
     /// Waits for `/readyz` 200; `Err(stderr)` when the process exited first.
     fn wait_started(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        loop {
-            let child = self.child.as_mut().expect("running");
-            if child.try_wait().expect("try_wait").is_some() {
-                self.child = None;
-                return Err(self.stderr());
-            }
-            if matches!(http_get(self.addr, "/readyz"), Ok(r) if r.status == 200) {
-                return Ok(());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "feedgate at {} not ready after {STARTUP_TIMEOUT:?}; stderr:\n{}",
-                self.addr,
-                self.stderr()
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
+        let addr = self.addr;
+        let child = self.child.as_mut().expect("running");
+        let what = format!("feedgate at {addr} to answer /readyz with 200");
+        let outcome = wait_ready_or_exit(
+            child,
+            &what,
+            || matches!(http_get(addr, "/readyz"), Ok(r) if r.status == 200),
+        );
+        outcome.map_err(|_| {
+            self.child = None;
+            self.stderr()
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -600,9 +655,11 @@ impl Feedgate {
 
     /// Polls `/readyz` until it answers `status`.
     pub fn wait_readyz(&self, status: u16) {
-        wait_until(&format!("/readyz to answer {status}"), STARTUP_TIMEOUT, || {
-            matches!(http_get(self.addr, "/readyz"), Ok(r) if r.status == status)
-        });
+        wait_until(
+            &format!("/readyz to answer {status}"),
+            STARTUP_TIMEOUT,
+            || matches!(http_get(self.addr, "/readyz"), Ok(r) if r.status == status),
+        );
     }
 
     pub fn stderr(&self) -> String {
@@ -626,7 +683,9 @@ impl Feedgate {
     pub fn wait_exit(&mut self) -> ExitStatus {
         let child = self.child.as_mut().expect("feedgate is running");
         let status = wait_child(child, STARTUP_TIMEOUT);
-        let Some(status) = status else { panic!("feedgate did not exit; stderr:\n{}", self.stderr()) };
+        let Some(status) = status else {
+            panic!("feedgate did not exit; stderr:\n{}", self.stderr())
+        };
         self.child = None;
         status
     }
@@ -685,7 +744,8 @@ pub fn http_request(addr: SocketAddr, raw: &[u8]) -> Result<HttpResponse, String
             Err(_) => break,
         }
     }
-    let end = find(&buf, b"\r\n\r\n").ok_or_else(|| format!("no complete HTTP head in {:?}", String::from_utf8_lossy(&buf)))?;
+    let end = find(&buf, b"\r\n\r\n")
+        .ok_or_else(|| format!("no complete HTTP head in {:?}", String::from_utf8_lossy(&buf)))?;
     let head = String::from_utf8_lossy(&buf[..end]).into_owned();
     Ok(HttpResponse {
         status: status_of(&head)?,
@@ -700,7 +760,9 @@ fn parse_http_response(buf: &[u8]) -> Option<HttpResponse> {
     let head = String::from_utf8_lossy(&buf[..end]).into_owned();
     let len: usize = head.lines().find_map(|line| {
         let (name, value) = line.split_once(':')?;
-        name.trim().eq_ignore_ascii_case("content-length").then(|| value.trim().parse().ok())?
+        name.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse().ok())?
     })?;
     let body = buf.get(end + 4..end + 4 + len)?.to_vec();
     Some(HttpResponse {
@@ -757,7 +819,9 @@ impl Client {
     }
 
     pub fn send_text(&mut self, text: &str) {
-        self.ws.send(Message::Text(text.to_owned())).unwrap_or_else(|e| panic!("send {text:.200}: {e}"));
+        self.ws
+            .send(Message::Text(text.to_owned()))
+            .unwrap_or_else(|e| panic!("send {text:.200}: {e}"));
     }
 
     pub fn send(&mut self, op: &Value) {
@@ -765,7 +829,9 @@ impl Client {
     }
 
     pub fn send_binary(&mut self, bytes: Vec<u8>) {
-        self.ws.send(Message::Binary(bytes)).unwrap_or_else(|e| panic!("send binary: {e}"));
+        self.ws
+            .send(Message::Binary(bytes))
+            .unwrap_or_else(|e| panic!("send binary: {e}"));
     }
 
     /// The next message of any kind (tungstenite answers pings by itself).
@@ -842,7 +908,11 @@ impl Client {
     pub fn assert_alive(&mut self) {
         let req = self.next_req();
         let reply = self.request(json!({"op": "ping", "req": req}));
-        assert_eq!(reply, json!({"type": "pong", "req": req}), "connection no longer answers ping");
+        assert_eq!(
+            reply,
+            json!({"type": "pong", "req": req}),
+            "connection no longer answers ping"
+        );
     }
 
     /// The next `n` text frames.
@@ -870,7 +940,10 @@ impl Client {
     /// then the TCP connection to end. Returns the close reason.
     pub fn expect_close(&mut self, code: u16) -> String {
         let (texts, got, reason) = self.read_until_close();
-        assert!(texts.is_empty(), "expected close {code}, got text frames first: {texts:?}");
+        assert!(
+            texts.is_empty(),
+            "expected close {code}, got text frames first: {texts:?}"
+        );
         assert_eq!(got, code, "close code (reason {reason:?})");
         self.assert_tcp_closed();
         reason
@@ -942,8 +1015,14 @@ impl RawWs {
             if let Some(end) = find(&buf, b"\r\n\r\n") {
                 break end;
             }
-            let n = stream.read(&mut chunk).unwrap_or_else(|e| panic!("read upgrade response: {e}"));
-            assert!(n > 0, "connection closed during the upgrade: {:?}", String::from_utf8_lossy(&buf));
+            let n = stream
+                .read(&mut chunk)
+                .unwrap_or_else(|e| panic!("read upgrade response: {e}"));
+            assert!(
+                n > 0,
+                "connection closed during the upgrade: {:?}",
+                String::from_utf8_lossy(&buf)
+            );
             buf.extend_from_slice(&chunk[..n]);
         };
         let head = String::from_utf8_lossy(&buf[..end]).into_owned();
@@ -971,7 +1050,10 @@ impl RawWs {
                 Ok(0) => break,
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    panic!("the server kept a silent connection open; frames so far: {:?}", self.frames())
+                    panic!(
+                        "the server kept a silent connection open; frames so far: {:?}",
+                        self.frames()
+                    )
                 }
                 Err(_) => break, // reset: closed
             }
@@ -1045,13 +1127,21 @@ pub fn assert_error_cases(client: &mut Client, cases: &[(String, &str, Option<u6
         }
         client.assert_alive();
     }
-    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 /// The seq of the first entry after a subscription's `position` on a stream of
 /// sequenced entries (seq 1 is the first entry ever written to `key`).
 pub fn seq_after_position(con: &mut redis::Connection, key: &str, reply: &Value) -> u64 {
-    let position = reply["position"].as_str().unwrap_or_else(|| panic!("no position in {reply}"));
+    let position = reply["position"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no position in {reply}"));
     parse_id(position);
     xrange_ids(con, key, "-", position, None).len() as u64 + 1
 }
