@@ -36,6 +36,14 @@ pub fn nothing_dropped_after(info: &StreamInfo, after: StreamId) -> bool {
     matches!(info.first_entry, Some(first) if first <= after)
 }
 
+/// Whether trimming (not XDEL) removed anything after `after`: the check for
+/// later replay pages, once the first page has answered `recovered`.
+pub fn nothing_trimmed_after(info: &StreamInfo, after: StreamId) -> bool {
+    after >= info.last_generated_id
+        || info.entries_added == info.length
+        || matches!(info.first_entry, Some(first) if first <= after)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,6 +83,15 @@ mod tests {
     fn xdel_after_since_is_a_loss() {
         assert!(!nothing_dropped_after(&info(4, 5, Some(1), 5, 3), id(2)));
         assert!(nothing_dropped_after(&info(4, 5, Some(1), 5, 3), id(3)));
+    }
+
+    #[test]
+    fn xdel_is_not_trimming() {
+        let deleted = info(4, 5, Some(1), 5, 3);
+        assert!(nothing_trimmed_after(&deleted, id(2)));
+        let trimmed = info(2, 5, Some(4), 5, 0);
+        assert!(!nothing_trimmed_after(&trimmed, id(2)));
+        assert!(nothing_trimmed_after(&trimmed, id(4)));
     }
 
     #[test]

@@ -54,6 +54,7 @@ pub struct Conn {
     /// Signalled after each completed write, for replays that wait for room.
     pub drained: Notify,
     state: Cell<State>,
+    busy: Cell<bool>,
     last_seen: Cell<Instant>,
     /// Channels this connection holds.
     pub subs: RefCell<HashSet<Rc<str>>>,
@@ -70,6 +71,7 @@ impl Conn {
             wake: Notify::default(),
             drained: Notify::default(),
             state: Cell::new(State::Open),
+            busy: Cell::new(false),
             last_seen: Cell::new(Instant::now()),
             subs: RefCell::new(HashSet::new()),
             queue_limit: limits.outbound_queue_bytes,
@@ -114,11 +116,18 @@ impl Conn {
         self.send(frame::text(json));
     }
 
-    /// Queues a pong, whatever the queue's fill (control frames must answer).
+    /// Queues a pong. Bounded like any frame, so a client that floods pings
+    /// and never reads hits the slow-consumer limit instead of growing memory.
     pub fn send_pong(&self, payload: &[u8]) {
-        if self.state.get() == State::Open {
-            self.out.borrow_mut().push_unbounded(frame::pong(payload));
-            self.wake.notify();
+        self.send(frame::pong(payload));
+    }
+
+    /// Marks an op as in progress: the reader is not reading meanwhile, so the
+    /// client's pongs cannot count and the keepalive must not close it.
+    pub fn set_busy(&self, busy: bool) {
+        self.busy.set(busy);
+        if !busy {
+            self.saw_client();
         }
     }
 
@@ -214,7 +223,7 @@ impl Conn {
         if !self.is_open() {
             return;
         }
-        if now.duration_since(self.last_seen.get()) >= silence_limit {
+        if !self.busy.get() && now.duration_since(self.last_seen.get()) >= silence_limit {
             self.close(close_code::NORMAL, "ping timeout");
         } else {
             self.out.borrow_mut().push_unbounded(frame::ping(b"fg"));

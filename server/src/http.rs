@@ -157,10 +157,10 @@ pub fn response(status: u16, body: &str) -> Vec<u8> {
         503 => "Service Unavailable",
         _ => "Error",
     };
-    let extra = if status == 426 {
-        "Sec-WebSocket-Version: 13\r\n"
-    } else {
-        ""
+    let extra = match status {
+        426 => "Sec-WebSocket-Version: 13\r\n",
+        405 => "Allow: GET\r\n",
+        _ => "",
     };
     format!(
         "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",

@@ -41,6 +41,9 @@ struct Sub {
     /// Live frames held back while the subscription is being set up (reply,
     /// history), so none is lost or sent before the `subscribed` reply.
     held: Option<Held>,
+    /// Stream ids up to this one were already sent (a `since` ahead of the
+    /// core's cursor): live frames at or before it are skipped, never repeated.
+    skip_through: Option<StreamId>,
 }
 
 #[derive(Default)]
@@ -82,6 +85,7 @@ impl Hub {
             conn: conn.clone(),
             joined_at,
             held: Some(Held::default()),
+            skip_through: None,
         });
         let joined = match &channel.phase {
             Phase::Live => Joined::Live,
@@ -140,6 +144,7 @@ impl Hub {
                 }
             }
         }
+        sub.skip_through = after;
     }
 
     /// Removes `conn` from `name`; returns the channel when it was the last
@@ -183,7 +188,9 @@ impl Hub {
     /// Sends each new entry of stream `name` to its subscribers. Hot path: the
     /// frame is built once and every subscriber gets a clone of the same `Bytes`.
     pub fn deliver_stream(&mut self, name: &str, entries: &[Entry], frames: &mut FrameBuilder) {
-        let Some(channel) = self.channels.get_mut(name) else {
+        // A channel still starting sets its cursor when it goes live; entries
+        // read before that would be read again after it.
+        let Some(channel) = self.channels.get_mut(name).filter(|c| matches!(c.phase, Phase::Live)) else {
             return;
         };
         for entry in entries {
@@ -223,7 +230,14 @@ impl Hub {
 fn fan_out(subs: &mut [Sub], id: StreamId, frame: &Bytes) {
     for sub in subs.iter_mut() {
         match &mut sub.held {
-            None => sub.conn.send(frame.clone()),
+            None => match sub.skip_through {
+                Some(through) if id <= through => {}
+                Some(_) => {
+                    sub.skip_through = None;
+                    sub.conn.send(frame.clone());
+                }
+                None => sub.conn.send(frame.clone()),
+            },
             Some(held) => {
                 held.bytes += frame.len();
                 if held.bytes > sub.conn.queue_limit() {

@@ -52,10 +52,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let filter = EnvFilter::try_new(&settings.log).unwrap_or_else(|e| {
-        eprintln!("feedgate: config key `log`: {e}; using `info`");
-        EnvFilter::new("info")
-    });
+    let filter = match EnvFilter::try_new(&settings.log) {
+        Ok(filter) => filter,
+        Err(e) => {
+            eprintln!("feedgate: config key `log`: {e}");
+            return ExitCode::from(2);
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -65,7 +65,9 @@ pub fn run(settings: Arc<Settings>) -> anyhow::Result<()> {
         let _ = stop.send(());
     }
     for thread in threads {
-        let _ = thread.join();
+        if thread.join().is_err() {
+            failed.store(true, Ordering::SeqCst);
+        }
     }
     if failed.load(Ordering::SeqCst) {
         anyhow::bail!("a core failed; see the log above");

@@ -8,13 +8,14 @@
 //! sent, and only then are the held frames released.
 
 use std::rc::Rc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use feedgate_core::channel::Source;
 use feedgate_core::envelope::{self, StreamStart};
 use feedgate_core::error::ProtocolError;
 use feedgate_core::op::Start;
-use feedgate_core::replay::nothing_dropped_after;
+use feedgate_core::replay::{nothing_dropped_after, nothing_trimmed_after, StreamInfo};
 use feedgate_core::resp::{self, Entry, Reply, ReplyError};
 use feedgate_core::{ErrorCode, StreamId};
 
@@ -22,6 +23,12 @@ use crate::conn::Conn;
 use crate::core::Core;
 use crate::hub::Joined;
 use crate::redis::{self, LinkError, RespConn};
+
+/// How long setting up a channel (SUBSCRIBE confirmed, first stream position)
+/// may take before the subscribe answers `unavailable`.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one Redis command of a subscribe may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn unavailable() -> ProtocolError {
     ProtocolError::new(ErrorCode::Unavailable, "redis is unavailable right now; retry later")
@@ -112,6 +119,27 @@ async fn until_live(
     joined: Joined,
     setup: impl std::future::Future<Output = Result<(), ProtocolError>>,
 ) -> Result<(), ProtocolError> {
+    let result = monoio::time::timeout(SETUP_TIMEOUT, wait_live(core, name, joined, setup)).await;
+    result.unwrap_or_else(|_| {
+        // The setup was abandoned with the timeout: whoever waits on the
+        // channel is told `unavailable` rather than left waiting.
+        if !core.hub.borrow().is_live(name) {
+            core.hub.borrow_mut().fail(name);
+        }
+        Err(too_slow())
+    })
+}
+
+fn too_slow() -> ProtocolError {
+    ProtocolError::new(ErrorCode::Unavailable, "redis did not answer in time; retry later")
+}
+
+async fn wait_live(
+    core: &Rc<Core>,
+    name: &Rc<str>,
+    joined: Joined,
+    setup: impl std::future::Future<Output = Result<(), ProtocolError>>,
+) -> Result<(), ProtocolError> {
     match joined {
         Joined::Live => return Ok(()),
         Joined::First(_) => {
@@ -195,11 +223,17 @@ fn pool(core: &Core) -> Result<Rc<RespConn>, ProtocolError> {
     core.redis.pool().ok_or_else(unavailable)
 }
 
+/// Awaits one reply, answering `unavailable` when Redis is down or slow.
+async fn reply(call: impl std::future::Future<Output = Result<Reply, LinkError>>) -> Result<Reply, ProtocolError> {
+    match monoio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(too_slow()),
+    }
+}
+
 /// The id of the newest entry of `key`, `0-0` when it is empty or missing.
 async fn last_id(core: &Core, key: &[u8]) -> Result<StreamId, ProtocolError> {
-    let reply = pool(core)?
-        .call(&[b"XREVRANGE", key, b"+", b"-", b"COUNT", b"1"])
-        .await?;
+    let reply = reply(pool(core)?.call(&[b"XREVRANGE", key, b"+", b"-", b"COUNT", b"1"])).await?;
     Ok(resp::entries(reply)
         .map_err(bad_reply)?
         .first()
@@ -224,9 +258,7 @@ async fn replay_last(
     // One extra entry names the position: the id just before the first one sent.
     let count = (n + 1).to_string();
     let end = until.to_string();
-    let reply = pool(core)?
-        .call(&[b"XREVRANGE", key, end.as_bytes(), b"-", b"COUNT", count.as_bytes()])
-        .await?;
+    let reply = reply(pool(core)?.call(&[b"XREVRANGE", key, end.as_bytes(), b"-", b"COUNT", count.as_bytes()])).await?;
     let mut entries = resp::entries(reply).map_err(bad_reply)?;
     let position = if entries.len() as u64 > n {
         entries.pop().map_or(StreamId::ZERO, |e| e.id)
@@ -251,41 +283,43 @@ async fn replay_since(
 ) -> Result<StreamId, ProtocolError> {
     let page = core.settings.limits.replay_page;
     let mut after = since;
-    let mut first = true;
+    let mut recovered = None;
     loop {
-        let (entries, retained) = read_page(core, key, after, until, page).await?;
-        if first {
-            subscribed(conn, name, req, since, retained);
-            first = false;
-        } else if !retained {
+        let (entries, info) = read_page(core, key, after, until, page).await?;
+        match recovered {
+            None => {
+                let answer = info.is_some_and(|info| nothing_dropped_after(&info, since));
+                subscribed(conn, name, req, since, answer);
+                recovered = Some(answer);
+            }
             // Trimming overtook the replay after `subscribed` promised more: say
             // so and drop the subscription rather than skip ids silently.
-            return Err(ProtocolError::new(
-                ErrorCode::Internal,
-                format!("replay of {name} was overtaken by stream trimming after {after}; subscribe again with since {after}"),
-            ));
+            Some(true) if !info.is_some_and(|info| nothing_trimmed_after(&info, after)) => {
+                return Err(ProtocolError::new(
+                    ErrorCode::Internal,
+                    format!("replay of {name} was overtaken by stream trimming after {after}; subscribe again with since {after}"),
+                ));
+            }
+            Some(_) => {}
         }
         send_history(core, conn, name, &entries).await;
-        let full = entries.len() as u64 == page;
-        if let Some(last) = entries.last() {
-            after = last.id;
-        }
-        if !full || after >= until || !conn.is_open() {
-            break;
+        match entries.last() {
+            Some(last) if entries.len() as u64 == page && last.id < until && conn.is_open() => after = last.id,
+            _ => break,
         }
     }
     Ok(after.max(since).max(until))
 }
 
-/// One XRANGE page after `after`, and whether nothing after `after` had been
-/// dropped, read atomically (MULTI/EXEC) so trimming cannot slip in between.
+/// One XRANGE page after `after` and the stream's XINFO, read atomically
+/// (MULTI/EXEC) so trimming cannot slip in between.
 async fn read_page(
     core: &Core,
     key: &[u8],
     after: StreamId,
     until: StreamId,
     page: u64,
-) -> Result<(Vec<Entry>, bool), ProtocolError> {
+) -> Result<(Vec<Entry>, Option<StreamInfo>), ProtocolError> {
     let start = format!("({after}");
     let end = until.to_string();
     let count = page.to_string();
@@ -303,9 +337,9 @@ async fn read_page(
     ]);
     let info = link.call(&[b"XINFO", b"STREAM", key]);
     let exec = link.call(&[b"EXEC"]);
-    resp::expect_ok(&multi.await?).map_err(bad_reply)?;
-    let _queued = (range.await?, info.await?);
-    let Reply::Array { data, .. } = exec.await? else {
+    resp::expect_ok(&reply(multi).await?).map_err(bad_reply)?;
+    let _queued = (reply(range).await?, reply(info).await?);
+    let Reply::Array { data, .. } = reply(exec).await? else {
         return Err(bad_reply(ReplyError::Shape("EXEC reply")));
     };
     let [range, info]: [Reply; 2] = data
@@ -316,9 +350,8 @@ async fn read_page(
     } else {
         resp::entries(range).map_err(bad_reply)?
     };
-    // A missing key (XINFO error) proves nothing: not recovered.
-    let retained = resp::stream_info(info).is_ok_and(|info| nothing_dropped_after(&info, after));
-    Ok((entries, retained))
+    // A missing key (XINFO error) gives no info, which proves nothing.
+    Ok((entries, resp::stream_info(info).ok()))
 }
 
 /// Sends history frames, waiting for the client to drain when its queue is

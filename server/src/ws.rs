@@ -41,7 +41,7 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, leftover: BytesMut) {
             answer_control(&conn, &frame);
             std::future::ready(Ok::<(), Infallible>(()))
         };
-        let frame = match ws.read_frame(&mut obligated).await {
+        let mut frame = match ws.read_frame(&mut obligated).await {
             Ok(frame) => frame,
             Err(e) => {
                 on_read_error(&conn, &e);
@@ -49,6 +49,13 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, leftover: BytesMut) {
             }
         };
         conn.saw_client();
+        if !is_masked(&mut frame) {
+            //= rfc6455#section-5.1
+            //# The server MUST close the connection upon receiving a frame that
+            //# is not masked.
+            conn.close(close_code::PROTOCOL_ERROR, "client frames must be masked");
+            break;
+        }
         match frame.opcode {
             OpCode::Text | OpCode::Continuation => {
                 let text = match message.add(&frame, limits.max_message_bytes) {
@@ -60,7 +67,9 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, leftover: BytesMut) {
                     }
                 };
                 if conn.is_open() {
+                    conn.set_busy(true);
                     handle(&core, &conn, text).await;
+                    conn.set_busy(false);
                 }
             }
             //= shared/PROTOCOL.md section 3
@@ -95,6 +104,14 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, leftover: BytesMut) {
     }
     core.conns.borrow_mut().remove(&conn.id);
     tracing::debug!(conn = conn.id, "websocket closed");
+}
+
+/// Whether the client masked `frame`. fastwebsockets keeps the mask key
+/// private but writes it into a formatted header, which is how it is read here.
+fn is_masked(frame: &mut Frame<'_>) -> bool {
+    let mut head = [0u8; 14];
+    frame.fmt_head(&mut head);
+    head[1] & 0x80 != 0
 }
 
 /// Answers a ping with a pong, and a client's close with the closing handshake.

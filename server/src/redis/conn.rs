@@ -11,6 +11,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use feedgate_core::config::RedisUrl;
@@ -37,8 +38,20 @@ pub enum LinkError {
     Connect(String),
 }
 
-/// What to do with a push (a pub/sub message or confirmation).
-pub type PushHandler = Box<dyn Fn(Push)>;
+/// Something Redis sent that answers no pending command.
+pub enum Incoming {
+    /// A push: a pub/sub message or confirmation.
+    Push(Push),
+    /// An error reply with no command waiting for it: on the pub/sub
+    /// connection, a refused SUBSCRIBE (shared/TRAPS.md).
+    StrayError(String),
+}
+
+/// What to do with what Redis sends unprompted.
+pub type PushHandler = Box<dyn Fn(Incoming)>;
+
+/// How long connecting to Redis may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 type Slot = oneshot::Sender<Reply>;
 
@@ -60,8 +73,9 @@ impl RespConn {
         url: &RedisUrl,
         on_push: Option<PushHandler>,
     ) -> Result<Rc<Self>, LinkError> {
-        let stream = TcpStream::connect_addr(addr)
+        let stream = monoio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect_addr(addr))
             .await
+            .map_err(|_| LinkError::Connect(format!("{addr}: timed out")))?
             .map_err(|e| LinkError::Connect(format!("{addr}: {e}")))?;
         let _ = stream.set_nodelay(true);
         let fd = stream.as_raw_fd();
@@ -193,7 +207,7 @@ async fn run_reader(conn: Rc<RespConn>, mut rd: impl monoio::io::AsyncReadRent, 
             };
             if let Some(push) = resp::push(&frame) {
                 if let Some(handler) = &on_push {
-                    handler(push);
+                    handler(Incoming::Push(push));
                 }
                 continue;
             }
@@ -201,11 +215,11 @@ async fn run_reader(conn: Rc<RespConn>, mut rd: impl monoio::io::AsyncReadRent, 
             match slot {
                 // A dropped receiver means the caller gave up: nothing to do.
                 Some(tx) => drop(tx.send(frame)),
-                None => {
-                    if let Some(text) = resp::error_text(&frame) {
-                        tracing::warn!(error = %text, "redis error without a pending command");
-                    }
-                }
+                None => match (resp::error_text(&frame), &on_push) {
+                    (Some(text), Some(handler)) => handler(Incoming::StrayError(text)),
+                    (Some(text), None) => tracing::warn!(error = %text, "redis error without a pending command"),
+                    _ => {}
+                },
             }
         }
     }

@@ -8,7 +8,7 @@ use feedgate_core::resp::Push;
 use feedgate_core::StreamId;
 
 use crate::core::Core;
-use crate::redis::conn::RespConn;
+use crate::redis::conn::{Incoming, RespConn};
 use crate::redis::links::Backoff;
 
 pub(super) async fn supervise(core: Rc<Core>) {
@@ -61,7 +61,21 @@ pub fn unsubscribe(core: &Core, name: &str) {
     }
 }
 
-fn on_push(core: &Core, push: Push) {
+fn on_push(core: &Core, incoming: Incoming) {
+    let push = match incoming {
+        Incoming::Push(push) => push,
+        Incoming::StrayError(text) => {
+            // Redis refused a SUBSCRIBE (ACL, most likely). It does not say which
+            // one, so every subscription still being set up fails; live ones
+            // are untouched.
+            tracing::warn!(error = %text, "redis refused a pub/sub command");
+            let starting = core.hub.borrow().channels_of(Source::Pubsub, false);
+            for name in starting {
+                core.hub.borrow_mut().fail(&name);
+            }
+            return;
+        }
+    };
     match push {
         Push::Message { channel, body } => {
             let Some(name) = core.settings.channel_of(&channel) else {

@@ -6,6 +6,7 @@
 use std::rc::Rc;
 use std::time::Duration;
 
+use feedgate_core::replay::nothing_trimmed_after;
 use feedgate_core::{envelope, resp, ErrorCode};
 
 use crate::core::Core;
@@ -33,6 +34,7 @@ pub(super) async fn run_reader(core: Rc<Core>) {
                         backoff.reset();
                         core.redis.reader_id.set(Some(id));
                         core.update_readiness();
+                        drop_trimmed_past_cursor(&core, &conn).await;
                         let result = read_loop(&core, &conn).await;
                         tracing::warn!(reason = %result, "redis stream reader lost; reconnecting");
                         core.redis.reader_id.set(None);
@@ -107,12 +109,38 @@ async fn drop_non_streams(core: &Rc<Core>) {
             "channel {name} dropped: its Redis key holds a {}, not a stream",
             String::from_utf8_lossy(&kind)
         );
-        let json = envelope::error(ErrorCode::Internal, &message, None);
-        let conns = core.hub.borrow_mut().drop_channel(&name);
-        for conn in conns {
-            conn.subs.borrow_mut().remove(&*name);
-            conn.send_json(&json);
+        drop_channel(core, &name, &message);
+    }
+}
+
+/// After a reconnect: a stream trimmed past the core's cursor while Redis was
+/// out of reach lost entries no client here has seen. Its subscribers are told,
+/// with the id to resume from, instead of having ids skipped silently.
+async fn drop_trimmed_past_cursor(core: &Rc<Core>, conn: &RespConn) {
+    let cursors = core.hub.borrow().stream_cursors();
+    for (name, cursor) in cursors {
+        let key = core.settings.key_of(&name);
+        let Ok(reply) = conn.call(&[b"XINFO", b"STREAM", &key]).await else {
+            return;
+        };
+        let Ok(info) = resp::stream_info(reply) else { continue };
+        if !nothing_trimmed_after(&info, cursor) {
+            let message = format!(
+                "channel {name} dropped: entries after {cursor} were trimmed before they could be delivered; subscribe again with since {cursor}"
+            );
+            drop_channel(core, &name, &message);
         }
+    }
+}
+
+/// Removes `name` from the core, telling each subscriber why.
+fn drop_channel(core: &Rc<Core>, name: &str, message: &str) {
+    tracing::warn!(channel = name, "{message}");
+    let json = envelope::error(ErrorCode::Internal, message, None);
+    let conns = core.hub.borrow_mut().drop_channel(name);
+    for conn in conns {
+        conn.subs.borrow_mut().remove(name);
+        conn.send_json(&json);
     }
 }
 
