@@ -26,6 +26,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Runs every core until SIGTERM or SIGINT, then drains and returns.
 pub fn run(settings: Arc<Settings>) -> anyhow::Result<()> {
+    raise_fd_limit();
     let listeners = listener::bind_all(settings.listen, settings.cores)?;
     let bound = listeners[0].local_addr().context("listener address")?;
     let mut signals = Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
@@ -74,6 +75,23 @@ pub fn run(settings: Arc<Settings>) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Every connection is a file descriptor: lift the soft limit to the hard one.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    let raised = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0
+        }
+    };
+    if raised {
+        tracing::info!(max_open_files = lim.rlim_cur, "file descriptor limit");
+    } else {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "could not raise the file descriptor limit");
+    }
 }
 
 fn run_core(
