@@ -20,7 +20,7 @@ use crate::notify::Notify;
 use crate::writev::{self, Frames, MAX_IOVECS};
 
 /// How long a closing connection waits for the client's close handshake.
-const CLOSE_LINGER: Duration = Duration::from_secs(2);
+pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// RFC 6455 and PROTOCOL.md close codes the server sends.
 pub mod close_code {
@@ -54,6 +54,9 @@ pub struct Conn {
     /// Signalled after each completed write, for replays that wait for room.
     pub drained: Notify,
     state: Cell<State>,
+    /// When the closing handshake began: the keepalive ends a connection
+    /// whose writer is stuck on a client that stopped reading.
+    closing_since: Cell<Option<Instant>>,
     busy: Cell<bool>,
     last_seen: Cell<Instant>,
     /// Channels this connection holds.
@@ -71,6 +74,7 @@ impl Conn {
             wake: Notify::default(),
             drained: Notify::default(),
             state: Cell::new(State::Open),
+            closing_since: Cell::new(None),
             busy: Cell::new(false),
             last_seen: Cell::new(Instant::now()),
             subs: RefCell::new(HashSet::new()),
@@ -139,6 +143,7 @@ impl Conn {
         }
         tracing::debug!(conn = self.id, code, reason, "closing");
         self.state.set(State::Closing);
+        self.closing_since.set(Some(Instant::now()));
         let mut out = self.out.borrow_mut();
         out.clear();
         out.push_unbounded(frame::close(code, reason));
@@ -219,8 +224,16 @@ pub async fn run_writer<W: AsyncWriteRent>(conn: Rc<Conn>, mut sink: W) {
 impl Conn {
     /// Pings the client, or closes it when it has been silent longer than
     /// `silence_limit` (it stopped answering pings).
-    pub fn keepalive(&self, now: Instant, silence_limit: Duration) {
-        if !self.is_open() {
+    pub fn keepalive(&self, now: Instant, silence_limit: Duration, ping_due: bool) {
+        if let Some(since) = self.closing_since.get() {
+            // The writer may be blocked on a client that never reads: past the
+            // linger, end the socket so the write fails and everything is freed.
+            if self.state.get() == State::Closing && now.duration_since(since) > CLOSE_LINGER {
+                self.shutdown_socket();
+            }
+            return;
+        }
+        if !ping_due || !self.is_open() {
             return;
         }
         if !self.busy.get() && now.duration_since(self.last_seen.get()) >= silence_limit {

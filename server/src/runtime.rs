@@ -79,7 +79,10 @@ pub fn run(settings: Arc<Settings>) -> anyhow::Result<()> {
 
 /// Every connection is a file descriptor: lift the soft limit to the hard one.
 fn raise_fd_limit() {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit/setrlimit only read and write the struct passed.
     let raised = unsafe {
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && {

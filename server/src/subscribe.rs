@@ -179,7 +179,13 @@ async fn subscribe_pubsub(
         }
         Ok(())
     };
-    until_live(core, name, joined, setup).await?;
+    until_live(core, name, joined, setup).await.map_err(|e| {
+        // A refusal says more than "unavailable": retrying will not help.
+        match core.redis.refusals.borrow().get(name) {
+            Some(text) => ProtocolError::new(ErrorCode::Internal, format!("redis refused SUBSCRIBE {name}: {text}")),
+            None => e,
+        }
+    })?;
     conn.send_json(&envelope::subscribed(name, req, None));
     core.hub.borrow_mut().release(name, conn.id, None);
     Ok(())

@@ -200,3 +200,33 @@ fn key_prefix_is_added_to_redis_keys_and_channels() {
         "pub/sub channel is key_prefix + channel"
     );
 }
+
+#[test]
+fn invalid_log_filter_exits_2_naming_log() {
+    let redis = Redis::start();
+    let cases = [
+        (
+            "--log 'not[a(valid'",
+            Feedgate::builder(&redis).flag("log", "not[a(valid"),
+        ),
+        (
+            "FEEDGATE_LOG='not[a(valid'",
+            Feedgate::builder(&redis).env("FEEDGATE_LOG", "not[a(valid"),
+        ),
+        (
+            "log = 'not[a(valid' in the file",
+            Feedgate::builder(&redis).config(&format!("log = \"not[a(valid\"\n{PUBSUB_CONFIG}")),
+        ),
+    ];
+    for (what, builder) in cases {
+        let exited = builder.run_to_exit();
+        assert_eq!(
+            exited.status.code(),
+            Some(2),
+            "{what}: exited with {:?}; stderr:\n{}",
+            exited.status,
+            exited.stderr
+        );
+        assert_names(&exited.stderr, &["`log`", "--log", "FEEDGATE_LOG"], what);
+    }
+}

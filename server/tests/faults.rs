@@ -5,6 +5,7 @@ mod support;
 
 use std::sync::mpsc;
 use std::thread;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::*;
@@ -250,4 +251,144 @@ fn sigterm_closes_every_client_with_1001_and_exits_0() {
 #[test]
 fn sigint_closes_every_client_with_1001_and_exits_0() {
     check_drain_on("INT");
+}
+
+/// A client that floods pings and never reads: each ping obliges a pong, so
+/// the pongs pile up. They are bounded like any outbound frame: once the queue
+/// overflows the client is closed (4008), instead of the server buffering pongs
+/// for as long as the client keeps sending.
+#[test]
+fn ping_flood_from_a_client_that_never_reads_is_closed_and_others_are_unaffected() {
+    const QUEUE: usize = 65_536;
+    // 100,000 pings of 125 bytes oblige ~12.7 MB of pongs: far more than the
+    // queue, the server's send buffer (at most net.ipv4.tcp_wmem's max, 4 MiB
+    // here) and this client's receive buffer (fixed at 64 KiB) hold together.
+    const PINGS: usize = 100_000;
+    const BATCH: usize = 100;
+    let redis = Redis::start();
+    let fg = Feedgate::builder(&redis).flag("outbound-queue-bytes", QUEUE).start();
+    let mut con = redis.conn();
+    let mut bystander = fg.connect();
+    bystander.sub("md.byflood");
+
+    let mut flooder = RawWs::connect_with_recv_buffer(fg.addr(), 64 * 1024);
+    let payload: Vec<u8> = (0..125u8).map(|i| b'a' + i % 26).collect();
+    let batch: Vec<u8> = std::iter::repeat_n(client_frame(0x9, &payload, true), BATCH)
+        .flatten()
+        .collect();
+    let mut sent = 0;
+    let mut write_error = None;
+    while sent < PINGS {
+        match flooder.send_raw(&batch) {
+            Ok(()) => sent += BATCH,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                panic!("after {sent} pings the server stopped reading but kept the connection: {e}")
+            }
+            // The server ended the connection: one of the accepted outcomes.
+            Err(e) => {
+                write_error = Some(e);
+                break;
+            }
+        }
+    }
+
+    // While the flooder still has not read a byte, the server serves others.
+    let mut fresh = fg.connect();
+    fresh.sub("md.byflood");
+    let expected = produce(&mut con, "md.byflood", r#"{"during":true}"#);
+    assert_eq!(fresh.recv_text(), expected);
+    assert_eq!(bystander.recv_text(), expected);
+
+    // Now read what the flooder was sent: pongs (echoing the payload), then
+    // the 4008 close, then the end of the connection.
+    let frames = flooder.read_frames_until_eof();
+    let pongs = frames.iter().filter(|f| f.opcode == 0xA).count();
+    for f in &frames {
+        match f.opcode {
+            0xA => assert_eq!(f.payload, payload, "a pong must echo its ping's payload"),
+            0x9 | 0x8 => {}
+            other => panic!("unexpected frame opcode {other:#x} to a client that only pinged"),
+        }
+    }
+    let close = frames.iter().find(|f| f.opcode == 0x8);
+    match (&write_error, close) {
+        (_, Some(close)) => assert_eq!(
+            close_code_of(close),
+            Some(4008),
+            "close reason {:?}",
+            String::from_utf8_lossy(close.payload.get(2..).unwrap_or_default())
+        ),
+        (Some(_), None) => {} // the connection ended while the client was sending
+        (None, None) => panic!("the server ended the connection without a close frame after {pongs} pongs"),
+    }
+    assert!(
+        frames.last().is_some_and(|f| f.opcode == 0x8) || write_error.is_some(),
+        "frames after the close"
+    );
+    assert!(
+        pongs < sent,
+        "every one of {sent} pings got its pong: the server buffered them all (write error: {write_error:?})"
+    );
+    eprintln!("sent {sent} pings, got {pongs} pongs; write error: {write_error:?}");
+
+    // And the server is healthy afterwards.
+    assert_delivers(&mut con, &mut bystander, "md.byflood");
+    let mut after = fg.connect();
+    after.sub("md.byflood.after");
+    assert_delivers(&mut con, &mut after, "md.byflood.after");
+    assert_eq!(fg.get("/healthz").status, 200);
+}
+
+/// TCP states of a socket whose owner has not started closing it.
+const TCP_ESTABLISHED: u8 = 0x01;
+const TCP_CLOSE_WAIT: u8 = 0x08;
+
+/// The same flood, but the client never reads at all, not even afterwards, and
+/// goes quiet: it cannot receive the 4008 close, so the server must end the
+/// connection on its side (close it or shut it down) instead of keeping it,
+/// and the pongs stuck in its socket buffer, for as long as the client stays.
+/// Observed on the server's end of the socket, in /proc/net/tcp.
+#[test]
+fn ping_flood_from_a_client_that_never_reads_at_all_is_disconnected() {
+    let redis = Redis::start();
+    // Fast keepalive, so a keepalive-based teardown would be quick too.
+    let fg = Feedgate::builder(&redis)
+        .flag("outbound-queue-bytes", 65_536)
+        .flag("ping-interval-ms", 500)
+        .flag("pong-timeout-ms", 1500)
+        .start();
+    let mut flooder = RawWs::connect_with_recv_buffer(fg.addr(), 64 * 1024);
+    let client = flooder.local_addr();
+    let state = server_side_tcp(fg.addr(), client);
+    assert!(
+        matches!(state, Some((TCP_ESTABLISHED, _))),
+        "the server's end of the new connection should be established: {state:?}"
+    );
+
+    let payload = [b'p'; 125];
+    let batch: Vec<u8> = std::iter::repeat_n(client_frame(0x9, &payload, true), 100)
+        .flatten()
+        .collect();
+    for _ in 0..1000 {
+        if flooder.send_raw(&batch).is_err() {
+            break; // the server ended it already
+        }
+    }
+
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    let last = loop {
+        let last = server_side_tcp(fg.addr(), client);
+        if !matches!(last, Some((TCP_ESTABLISHED | TCP_CLOSE_WAIT, _))) {
+            break last;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{STARTUP_TIMEOUT:?} after the flood the server still holds the connection of a client that \
+             never reads: its end is {last:?} (state, send-queue bytes)"
+        );
+        thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!("server's end after teardown: {last:?}");
+    fg.connect().assert_alive();
+    drop(flooder);
 }

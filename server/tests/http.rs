@@ -51,3 +51,42 @@ fn plain_get_on_ws_without_upgrade_is_a_client_error() {
         resp.head
     );
 }
+
+/// The value of header `name` in a response head (case-insensitive name).
+fn header_value<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().skip(1).find_map(|line| {
+        let (n, v) = line.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+//= rfc9110#section-15.5.6
+//# The origin server MUST generate an Allow header field in a 405 response
+//# containing a list of the target resource's currently supported methods.
+#[test]
+fn post_healthz_is_405_with_allow_get() {
+    let (_redis, fg) = start_default();
+    let addr = fg.addr();
+    let requests = [
+        format!("POST /healthz HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+        format!("POST /healthz HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"),
+        format!("DELETE /readyz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+        format!("PUT /ws HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+    ];
+    for raw in &requests {
+        let line = raw.lines().next().unwrap();
+        let resp = http_request(addr, raw.as_bytes()).unwrap_or_else(|e| panic!("{line}: {e}"));
+        assert_eq!(resp.status, 405, "{line}: {}", resp.head);
+        assert_eq!(
+            header_value(&resp.head, "allow"),
+            Some("GET"),
+            "{line}: a 405 must carry `Allow: GET`; head:\n{}",
+            resp.head
+        );
+    }
+    // Still serving, and a 404 carries no Allow.
+    assert_eq!(fg.get("/healthz").status, 200);
+    let not_found = fg.get("/nope");
+    assert_eq!(not_found.status, 404);
+    assert_eq!(header_value(&not_found.head, "allow"), None, "{}", not_found.head);
+}

@@ -428,3 +428,73 @@ fn default_max_message_bytes_is_64_kib() {
     let (_redis, fg) = start_default();
     check_message_limit(&fg, 65536);
 }
+
+/// Reads `raw` to the end of its connection and returns its frames, checking
+/// that the last one is a close with `code`.
+fn frames_until_close(raw: &mut RawWs, code: u16) -> Vec<RawFrame> {
+    let frames = raw.read_frames_until_eof();
+    let last = frames
+        .last()
+        .unwrap_or_else(|| panic!("the connection ended without a close frame"));
+    assert_eq!(
+        close_code_of(last),
+        Some(code),
+        "the last frame must be a close {code}: {frames:?}"
+    );
+    frames
+}
+
+//= rfc6455#section-5.1
+//# The server MUST close the connection upon receiving a frame that
+//# is not masked.
+#[test]
+fn unmasked_text_frame_is_closed_with_1002_and_others_are_unaffected() {
+    let (redis, fg) = start_default();
+    let mut con = redis.conn();
+    let mut bystander = fg.connect();
+    bystander.sub("md.by1002");
+
+    let mut raw = RawWs::connect(fg.addr());
+    // The same op masked is served: the raw framing itself is sound.
+    raw.send_frame(0x1, br#"{"op":"ping","req":1}"#, true)
+        .expect("send masked ping op");
+    // Unmasked: refused, and the op in it is not served.
+    raw.send_frame(0x1, br#"{"op":"ping","req":2}"#, false)
+        .expect("send unmasked ping op");
+    let frames = frames_until_close(&mut raw, 1002);
+    let texts: Vec<String> = frames
+        .iter()
+        .filter(|f| f.opcode == 0x1)
+        .map(|f| String::from_utf8_lossy(&f.payload).into_owned())
+        .collect();
+    assert_eq!(
+        texts,
+        [r#"{"type":"pong","req":1}"#],
+        "only the masked op may be answered: {frames:?}"
+    );
+    assert!(frames.iter().all(|f| matches!(f.opcode, 0x1 | 0x8 | 0x9)), "{frames:?}");
+
+    assert_delivers(&mut con, &mut bystander, "md.by1002");
+    fg.connect().assert_alive();
+}
+
+#[test]
+fn unmasked_frame_as_the_first_frame_is_closed_with_1002() {
+    let (redis, fg) = start_default();
+    let mut con = redis.conn();
+    let mut bystander = fg.connect();
+    bystander.sub("ps.by1002");
+
+    // A subscribe that would be served if masked: nothing of it may happen.
+    let mut raw = RawWs::connect(fg.addr());
+    raw.send_frame(0x1, br#"{"op":"subscribe","channel":"ps.by1002","req":1}"#, false)
+        .expect("send unmasked subscribe");
+    let frames = frames_until_close(&mut raw, 1002);
+    assert!(
+        frames.iter().all(|f| matches!(f.opcode, 0x8 | 0x9)),
+        "nothing but the close (and pings) may answer an unmasked frame: {frames:?}"
+    );
+
+    assert_delivers(&mut con, &mut bystander, "ps.by1002");
+    fg.connect().assert_alive();
+}

@@ -256,3 +256,130 @@ fn since_on_a_missing_stream_is_not_recovered_and_goes_live() {
     xadd_seqs(&mut con, key, 1..=3);
     recv_seqs(&mut c, key, 1..=3);
 }
+
+/// `XADD key <id> data {"seq":N}` with an explicit id, for each `(seq, id)`.
+fn xadd_with_ids(con: &mut redis::Connection, key: &str, entries: &[(u64, &str)]) -> Vec<SeqEntry> {
+    entries
+        .iter()
+        .map(|&(seq, id)| {
+            let got: String = redis_cmd(con, &["XADD", key, id, "data", &seq_data(seq)]);
+            assert_eq!(got, id);
+            (seq, got)
+        })
+        .collect()
+}
+
+#[test]
+fn since_a_delivered_entry_while_producing_has_no_duplicate() {
+    let (redis, fg) = start_default();
+    let mut con = redis.conn();
+    let key = "rp.delivered";
+
+    // A plain subscriber makes the channel live; it reads what is added.
+    let mut a = fg.connect();
+    a.sub(key);
+    let mut written = xadd_seqs(&mut con, key, 1..=5);
+    let seen_by_a = recv_seqs(&mut a, key, 1..=5);
+    assert_same_entries(&seen_by_a, &written);
+
+    let producer = Producer::start(&redis, key, 6..=2000);
+    let mut b = fg.connect();
+    let reply = b.subscribe(key, json!({"since": id_of(&written, 2)}));
+    assert_eq!(reply["recovered"], true, "nothing was trimmed: {reply}");
+    assert_eq!(reply["position"], id_of(&written, 2), "{reply}");
+
+    let got_b = recv_seqs(&mut b, key, 3..=2000);
+    let got_a = recv_seqs(&mut a, key, 6..=2000);
+    written.extend(producer.join());
+    assert_same_entries(&got_b, &written);
+    assert_same_entries(&got_a, &written);
+    // Nothing more after the last entry: the next frame is the next entry.
+    xadd_seqs(&mut con, key, 2001..=2001);
+    recv_seqs(&mut b, key, 2001..=2001);
+    recv_seqs(&mut a, key, 2001..=2001);
+}
+
+/// `since` ahead of everything the server has read (here, ahead of the stream
+/// itself, with explicit ids): the entries up to `since` that arrive later are
+/// ones the client says it has, so they must not be delivered; the ones after
+/// it must, in order.
+#[test]
+fn since_ahead_of_the_servers_cursor_skips_up_to_since_without_duplicate() {
+    let (redis, fg) = start_default();
+    let mut con = redis.conn();
+    let key = "rp.ahead";
+    xadd_with_ids(&mut con, key, &[(1, "5-1"), (2, "5-2"), (3, "5-3")]);
+
+    // A is live on the channel (so the channel is live on its core) and reads
+    // everything; B asks for what follows 5-5, which does not exist yet.
+    let mut a = fg.connect();
+    a.sub(key);
+    let mut b = fg.connect();
+    let reply = b.subscribe(key, json!({"since": "5-5"}));
+    assert_eq!(reply["position"], "5-5", "{reply}");
+    // An untrimmed stream whose newest entry is before `since`: nothing can
+    // have been dropped after it.
+    assert_eq!(reply["recovered"], true, "{reply}");
+
+    xadd_with_ids(
+        &mut con,
+        key,
+        &[(4, "5-4"), (5, "5-5"), (6, "5-6"), (7, "5-7"), (8, "6-0")],
+    );
+    recv_seqs(&mut a, key, 4..=8);
+    recv_seqs(&mut b, key, 6..=8);
+    // Live entries keep flowing to both, exactly once.
+    xadd_seqs(&mut con, key, 9..=20);
+    recv_seqs(&mut a, key, 9..=20);
+    recv_seqs(&mut b, key, 9..=20);
+}
+
+/// Clients that resume from the newest id in Redis while a producer writes:
+/// that id is often ahead of what the server has read yet. Each must get
+/// exactly the entries after it, in order, once.
+#[test]
+fn since_the_newest_id_while_producing_has_no_gap_or_duplicate() {
+    let (redis, fg) = start_default();
+    let mut con = redis.conn();
+    let key = "rp.newest";
+    let mut written = xadd_seqs(&mut con, key, 1..=10);
+    let total = 3000;
+    let producer = Producer::start(&redis, key, 11..=total);
+
+    let mut live = fg.connect();
+    let live_reply = live.sub(key);
+    let mut resumed = Vec::new();
+    for _ in 0..8 {
+        // The newest entry right now, and its seq.
+        let newest: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
+            .arg(key)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query(&mut con)
+            .expect("XREVRANGE");
+        let (id, fields) = newest.into_iter().next().expect("the stream has entries");
+        let data: serde_json::Value = serde_json::from_str(&fields[0].1).expect("seq payload");
+        let seq = data["seq"].as_u64().expect("seq");
+        let mut c = fg.connect();
+        let reply = c.subscribe(key, json!({"since": id}));
+        assert_eq!(reply["recovered"], true, "{reply}");
+        resumed.push((c, seq));
+    }
+    let first_live = seq_after_position(&mut con, key, &live_reply);
+    let got = recv_seqs(&mut live, key, first_live..=total);
+    written.extend(producer.join());
+    assert_same_entries(&got, &written);
+    for (c, seq) in &mut resumed {
+        if *seq < total {
+            let got = recv_seqs(c, key, *seq + 1..=total);
+            assert_same_entries(&got, &written);
+        }
+    }
+    // And nothing extra after the end.
+    xadd_seqs(&mut con, key, total + 1..=total + 1);
+    for (c, _) in &mut resumed {
+        recv_seqs(c, key, total + 1..=total + 1);
+    }
+}

@@ -28,6 +28,8 @@ pub struct Links {
     pub(super) streams_changed: crate::notify::Notify,
     /// SUBSCRIBEs sent per channel and not confirmed yet.
     pub(super) unconfirmed: RefCell<HashMap<Rc<str>, u32>>,
+    /// Why Redis refused the last SUBSCRIBE of a channel, until it is tried again.
+    pub refusals: RefCell<HashMap<Rc<str>, String>>,
 }
 
 impl Links {

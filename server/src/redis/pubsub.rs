@@ -51,6 +51,7 @@ pub fn subscribe(core: &Core, conn: &RespConn, name: &Rc<str>) -> bool {
         return false;
     }
     *core.redis.unconfirmed.borrow_mut().entry(name.clone()).or_insert(0) += 1;
+    core.redis.refusals.borrow_mut().remove(name);
     true
 }
 
@@ -72,6 +73,11 @@ fn on_push(core: &Core, incoming: Incoming) {
             let starting = core.hub.borrow().channels_of(Source::Pubsub, false);
             for name in starting {
                 core.hub.borrow_mut().fail(&name);
+                // No confirmation will come for the refused one; any other was
+                // dropped here, so Redis must not keep it subscribed either.
+                core.redis.unconfirmed.borrow_mut().remove(&name);
+                core.redis.refusals.borrow_mut().insert(name.clone(), text.clone());
+                unsubscribe(core, &name);
             }
             return;
         }

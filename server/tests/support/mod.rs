@@ -525,6 +525,13 @@ impl FeedgateBuilder {
         self
     }
 
+    /// Connects to Redis with this URL instead of the test Redis' plain one
+    /// (e.g. to log in as an ACL user: `redis://user:pass@127.0.0.1:port`).
+    pub fn redis_url(mut self, url: impl Into<String>) -> Self {
+        self.redis_url = url.into();
+        self
+    }
+
     /// Listens on this port instead of a free one.
     pub fn port(mut self, port: u16) -> Self {
         self.port = Some(port);
@@ -812,6 +819,14 @@ impl Client {
         Self { ws, next_req: 1000 }
     }
 
+    /// Changes how long one read may wait (default [`READ_TIMEOUT`]).
+    pub fn set_read_timeout(&mut self, timeout: Duration) {
+        self.ws
+            .get_mut()
+            .set_read_timeout(Some(timeout))
+            .expect("set read timeout");
+    }
+
     /// A fresh `req` number.
     pub fn next_req(&mut self) -> u64 {
         self.next_req += 1;
@@ -1002,8 +1017,14 @@ impl RawWs {
     /// Sends an upgrade request for `path`; returns the response head and, when
     /// the status is 101, the connection.
     pub fn handshake(addr: SocketAddr, path: &str) -> (String, Option<Self>) {
-        let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        Self::handshake_on(stream, addr, path)
+    }
+
+    /// [`RawWs::handshake`] on a socket the caller connected to `addr`.
+    fn handshake_on(mut stream: TcpStream, addr: SocketAddr, path: &str) -> (String, Option<Self>) {
         stream.set_read_timeout(Some(READ_TIMEOUT)).expect("read timeout");
+        stream.set_write_timeout(Some(READ_TIMEOUT)).expect("write timeout");
         let req = format!(
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
@@ -1032,13 +1053,49 @@ impl RawWs {
     }
 
     pub fn connect(addr: SocketAddr) -> Self {
-        let (head, ws) = Self::handshake(addr, "/ws");
+        let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        Self::upgrade(stream, addr)
+    }
+
+    /// Like [`RawWs::connect`], with the socket's receive buffer fixed at about
+    /// `bytes` (set before connecting, so the kernel does not grow it): what the
+    /// server can push into a client that does not read is then bounded.
+    pub fn connect_with_recv_buffer(addr: SocketAddr, bytes: usize) -> Self {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+        socket.set_recv_buffer_size(bytes).expect("SO_RCVBUF");
+        socket
+            .connect_timeout(&addr.into(), READ_TIMEOUT)
+            .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        socket.set_nodelay(true).expect("nodelay");
+        Self::upgrade(socket.into(), addr)
+    }
+
+    fn upgrade(stream: TcpStream, addr: SocketAddr) -> Self {
+        let (head, ws) = Self::handshake_on(stream, addr, "/ws");
         let ws = ws.unwrap_or_else(|| panic!("upgrade refused: {head}"));
         assert!(
             head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
             "wrong Sec-WebSocket-Accept in: {head}"
         );
         ws
+    }
+
+    /// This client's end of the connection.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.stream.local_addr().expect("local addr")
+    }
+
+    /// Writes `bytes` as they are; the error when the socket refuses them.
+    pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// Sends one final frame with `opcode` and `payload`, masked with a fixed key
+    /// as RFC 6455 requires of clients, or unmasked (`masked` false) to break
+    /// that rule on purpose.
+    pub fn send_frame(&mut self, opcode: u8, payload: &[u8], masked: bool) -> std::io::Result<()> {
+        self.send_raw(&client_frame(opcode, payload, masked))
     }
 
     /// Reads frames until the server ends the connection; fails when the server
@@ -1083,6 +1140,59 @@ impl RawWs {
         }
         frames
     }
+}
+
+/// The bytes of one final client frame (FIN set); masked with a fixed key
+/// unless `masked` is false.
+pub fn client_frame(opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+    let mask_bit = if masked { 0x80 } else { 0 };
+    let mut out = vec![0x80 | (opcode & 0x0f)];
+    match payload.len() {
+        n @ 0..=125 => out.push(mask_bit | n as u8),
+        n @ 126..=0xffff => {
+            out.push(mask_bit | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(mask_bit | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    if masked {
+        out.extend_from_slice(&KEY);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ KEY[i % 4]));
+    } else {
+        out.extend_from_slice(payload);
+    }
+    out
+}
+
+/// The TCP state (as in `/proc/net/tcp`: 0x01 established, 0x08 close-wait,
+/// ...) of the server's end of the IPv4 loopback connection between `server`
+/// and `client`, and its send-queue bytes; `None` when the kernel holds no
+/// such socket any more.
+pub fn server_side_tcp(server: SocketAddr, client: SocketAddr) -> Option<(u8, u64)> {
+    let hex = |a: SocketAddr| match a {
+        SocketAddr::V4(v4) => format!("{:08X}:{:04X}", u32::from_le_bytes(v4.ip().octets()), v4.port()),
+        SocketAddr::V6(_) => panic!("IPv4 only: {a}"),
+    };
+    let (local, remote) = (hex(server), hex(client));
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() < 5 || fields[1] != local || fields[2] != remote {
+            return None;
+        }
+        let state = u8::from_str_radix(fields[3], 16).ok()?;
+        let tx_queue = u64::from_str_radix(fields[4].split(':').next()?, 16).ok()?;
+        Some((state, tx_queue))
+    })
+}
+
+/// The close code of a close frame's payload (`None` when it carries none).
+pub fn close_code_of(frame: &RawFrame) -> Option<u16> {
+    (frame.opcode == 0x8 && frame.payload.len() >= 2).then(|| u16::from_be_bytes([frame.payload[0], frame.payload[1]]))
 }
 
 // ---------------------------------------------------------------------------
