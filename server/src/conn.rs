@@ -57,6 +57,12 @@ pub struct Conn {
     /// When the closing handshake began: the keepalive ends a connection
     /// whose writer is stuck on a client that stopped reading.
     closing_since: Cell<Option<Instant>>,
+    /// When the writer last moved bytes: a slow client that still reads is
+    /// given its close frame; one that stopped reading is cut off.
+    wrote: Cell<Instant>,
+    /// How long a closing connection may go without the writer moving a byte:
+    /// the pong timeout, the time any client may stay unresponsive.
+    stuck_limit: Duration,
     busy: Cell<bool>,
     last_seen: Cell<Instant>,
     /// Channels this connection holds.
@@ -75,6 +81,8 @@ impl Conn {
             drained: Notify::default(),
             state: Cell::new(State::Open),
             closing_since: Cell::new(None),
+            wrote: Cell::new(Instant::now()),
+            stuck_limit: Duration::from_millis(limits.pong_timeout_ms).max(CLOSE_LINGER),
             busy: Cell::new(false),
             last_seen: Cell::new(Instant::now()),
             subs: RefCell::new(HashSet::new()),
@@ -190,7 +198,7 @@ pub async fn run_writer<W: AsyncWriteRent>(conn: Rc<Conn>, mut sink: W) {
     loop {
         conn.out.borrow_mut().drain_into(frames.bufs_mut(), MAX_IOVECS);
         if !frames.bufs_mut().is_empty() {
-            let (result, back) = writev::write_all(&mut sink, frames).await;
+            let (result, back) = writev::write_all(&mut sink, frames, || conn.wrote.set(Instant::now())).await;
             frames = back;
             if result.is_err() {
                 frames.bufs_mut().clear();
@@ -226,9 +234,11 @@ impl Conn {
     /// `silence_limit` (it stopped answering pings).
     pub fn keepalive(&self, now: Instant, silence_limit: Duration, ping_due: bool) {
         if let Some(since) = self.closing_since.get() {
-            // The writer may be blocked on a client that never reads: past the
-            // linger, end the socket so the write fails and everything is freed.
-            if self.state.get() == State::Closing && now.duration_since(since) > CLOSE_LINGER {
+            // The writer may be blocked on a client that stopped reading: once it
+            // has moved nothing for the pong timeout, end the socket so the
+            // write fails and everything is freed.
+            let idle_since = since.max(self.wrote.get());
+            if self.state.get() == State::Closing && now.duration_since(idle_since) > self.stuck_limit {
                 self.shutdown_socket();
             }
             return;

@@ -72,16 +72,24 @@ impl Frames {
     }
 }
 
-/// Writes every frame in `frames` to `sink`, across partial writes. On return
-/// `frames` is empty (all sent) or the error says the socket is gone.
-pub async fn write_all<W: AsyncWriteRent>(sink: &mut W, mut frames: Frames) -> (io::Result<()>, Frames) {
+/// Writes every frame in `frames` to `sink`, across partial writes, calling
+/// `progress` after each write that moved bytes. On return `frames` is empty
+/// (all sent) or the error says the socket is gone.
+pub async fn write_all<W: AsyncWriteRent>(
+    sink: &mut W,
+    mut frames: Frames,
+    mut progress: impl FnMut(),
+) -> (io::Result<()>, Frames) {
     while !frames.bufs.is_empty() {
         frames.refresh();
         let (result, back) = sink.writev(frames).await;
         frames = back;
         match result {
             Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), frames),
-            Ok(n) => frames.advance(n),
+            Ok(n) => {
+                frames.advance(n);
+                progress();
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return (Err(e), frames),
         }
@@ -131,7 +139,9 @@ mod tests {
         let mut frames = Frames::default();
         let parts: Vec<Bytes> = (0..3u8).map(|i| Bytes::from(vec![i; 300_000])).collect();
         frames.bufs_mut().extend(parts.iter().cloned());
-        let (r, frames) = write_all(&mut out, frames).await;
+        let mut writes = 0;
+        let (r, frames) = write_all(&mut out, frames, || writes += 1).await;
+        assert!(writes > 1, "the tiny send buffer forces partial writes");
         r.unwrap();
         assert!(frames.bufs.is_empty());
         let got = reader.await;
