@@ -79,7 +79,12 @@ def main() -> None:
     best = {}
     for s in servers:
         runs = load(a.raw, f"{s}-sweep-1k-stream-100")
-        best[s] = (median([r["best_deliveries_per_sec"] for r in runs]), median([r["best"]["latency_us"]["p99"] for r in runs]))
+        passed = [r for r in runs if r.get("best")]
+        complete = runs and len(passed) == len(runs)
+        best[s] = (
+            median([r["best_deliveries_per_sec"] for r in passed]) if complete else None,
+            median([r["best"]["latency_us"]["p99"] for r in passed]) if complete else None,
+        )
     fg = best.get("feedgate", (None, None))[0]
     for s in servers:
         rate, p99 = best[s]
