@@ -12,6 +12,9 @@ RUNS=${RUNS:-3}
 SERVERS=${SERVERS:-"feedgate tokio node"}
 SERVER_CPU=${SERVER_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
+# The sweep's p99 bound in microseconds. 1 ms is the product goal; on a small VM
+# whose loopback round trip alone is ~0.7 ms no server meets it, so the default is 10 ms.
+P99_BOUND_US=${P99_BOUND_US:-10000}
 DATE=$(date -u +%Y-%m-%d)
 OUT=${OUT:-results/compare-$DATE}
 RAW=$OUT/raw
@@ -87,7 +90,7 @@ for server in $SERVERS; do
       run_load "$server-fanout-10k-$kind-100" fanout "${common[@]}" -n 10000 -c 100 -r 100 -p 100 --kind "$kind"
     done
     run_load "$server-sweep-1k-stream-100" sweep --url "$url" --redis "redis://127.0.0.1:$RPORT" \
-      -n 1000 -c 10 -p 100 --start-rate 50 --factor 1.5 --warmup 1 -d 3 --p99-bound-us 1000
+      -n 1000 -c 10 -p 100 --start-rate 100 --factor 1.5 --warmup 1 -d 3 --p99-bound-us "$P99_BOUND_US"
     kill "$SPID"; wait "$SPID" 2>/dev/null || true
     port=$(free_port)
     start_server "$server" "$port"
@@ -98,7 +101,7 @@ for server in $SERVERS; do
 done
 
 echo "== summary"
-python3 scripts/compare_summary.py "$RAW" "$OUT.md" \
+python3 scripts/compare_summary.py "$RAW" "$OUT.md" --p99-bound-us "$P99_BOUND_US" \
   --commit "$(git rev-parse --short HEAD)" --runs "$RUNS" --servers "$SERVERS" \
   --machine "$(nproc) cores, $(lscpu | sed -n 's/^Model name:[[:space:]]*//p'), $(free -g | awk '/Mem:/{print $2}') GiB, Linux $(uname -r)"
 echo "wrote $OUT.md"
