@@ -117,7 +117,10 @@ async fn write_rounds(
 ) -> anyhow::Result<Duration> {
     let mut streams = Vec::with_capacity(connections);
     for _ in 0..connections {
-        streams.push(TcpStream::connect_addr(addr).await?);
+        let stream = TcpStream::connect_addr(addr).await?;
+        // As the server does: small frames go out at once, not held by Nagle.
+        stream.set_nodelay(true)?;
+        streams.push(stream);
     }
     let start = Instant::now();
     let deadline = start + duration;
@@ -146,6 +149,11 @@ async fn write_rounds(
                     _ => break,
                 }
             }
+            // End the stream now: monoio closes fds through the ring, and the
+            // ring is no longer polled once this runtime's work is done, so a
+            // plain drop would leave the sink waiting for a FIN forever.
+            // SAFETY: shutdown on the stream's own open fd has no memory effects.
+            unsafe { libc::shutdown(std::os::fd::AsRawFd::as_raw_fd(&s), libc::SHUT_WR) };
         }));
     }
     for t in tasks {

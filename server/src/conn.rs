@@ -1,8 +1,8 @@
 //! One WebSocket client's shared state and its writer task.
 //!
 //! The reader (in `ws.rs`) and the hub push frames into the connection's
-//! bounded queue; the writer task drains it with one vectored write per batch
-//! and pings the client on a timer.
+//! bounded queue; the writer task drains it with one vectored write per batch.
+//! The core's keepalive task pings it and ends it when it stops answering.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
