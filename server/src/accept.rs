@@ -1,10 +1,9 @@
 //! Accepting connections on a core and answering their HTTP request head:
 //! health checks, or the upgrade to a WebSocket.
 
-use std::cell::Cell;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use monoio::io::AsyncWriteRentExt;
@@ -38,29 +37,31 @@ pub async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
     }
 }
 
-/// Sets its flag when dropped: tells the head watchdog the socket is no longer
-/// in its hands (so it never shuts down an fd that was closed and reused).
-struct Done(Rc<Cell<bool>>);
+/// Registers a socket whose request head is still awaited; dropped (before
+/// the socket closes) it unregisters, so the keepalive never shuts down an fd
+/// that was closed and reused.
+struct PendingHead {
+    core: Rc<Core>,
+    id: u64,
+}
 
-impl Drop for Done {
+impl Drop for PendingHead {
     fn drop(&mut self) {
-        self.0.set(true);
+        self.core.pending_heads.borrow_mut().remove(&self.id);
     }
 }
 
 async fn serve_http(core: Rc<Core>, mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
-    let fd = stream.as_raw_fd();
-    let flag = Rc::new(Cell::new(false));
-    let done = Done(flag.clone());
-    // A watchdog instead of a timer raced against the read: a cancelled
-    // io_uring read can lose bytes (shared/TRAPS.md).
-    monoio::spawn(async move {
-        monoio::time::sleep(HEAD_TIMEOUT).await;
-        if !flag.get() {
-            shutdown(fd, libc::SHUT_RDWR);
-        }
-    });
+    // The keepalive task enforces the deadline instead of a timer raced
+    // against the read (a cancelled io_uring read can lose bytes,
+    // shared/TRAPS.md), and instead of a sleeping task per connection, whose
+    // timers would all fire together under a burst of connects.
+    let id = core.next_conn_id();
+    core.pending_heads
+        .borrow_mut()
+        .insert(id, (stream.as_raw_fd(), Instant::now() + HEAD_TIMEOUT));
+    let done = PendingHead { core: core.clone(), id };
     let mut buf = BytesMut::with_capacity(1024);
     let (route, len) = loop {
         let (result, back) = read_more(&mut stream, buf, 1024).await;

@@ -5,9 +5,11 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use feedgate_core::frame::FrameBuilder;
 
@@ -48,6 +50,8 @@ pub struct Core {
     pub frames: RefCell<FrameBuilder>,
     pub redis: Links,
     pub conns: RefCell<HashMap<u64, Rc<Conn>>>,
+    /// Sockets still sending their HTTP request head, with their deadline.
+    pub pending_heads: RefCell<HashMap<u64, (RawFd, Instant)>>,
     next_conn: Cell<u64>,
     readiness: Arc<Readiness>,
     pub shutdown: Event,
@@ -63,6 +67,7 @@ impl Core {
             frames: RefCell::new(FrameBuilder::new()),
             redis: Links::default(),
             conns: RefCell::new(HashMap::new()),
+            pending_heads: RefCell::new(HashMap::new()),
             next_conn: Cell::new(0),
             readiness,
             shutdown: Event::default(),

@@ -4,7 +4,7 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use crate::conn::CLOSE_LINGER;
+use crate::conn::{shutdown, CLOSE_LINGER};
 use crate::core::Core;
 
 /// Pings the core's connections every `ping_interval_ms`, and ends closing
@@ -24,6 +24,14 @@ pub async fn run(core: Rc<Core>) {
         if ping_due {
             next_ping = now + every;
         }
+        core.pending_heads.borrow_mut().retain(|_, (fd, deadline)| {
+            if now < *deadline {
+                return true;
+            }
+            // Too slow to send its request head: the pending read ends with EOF.
+            shutdown(*fd, libc::SHUT_RDWR);
+            false
+        });
         let conns: Vec<_> = core.conns.borrow().values().cloned().collect();
         for conn in conns {
             conn.keepalive(now, silence_limit, ping_due);
