@@ -19,6 +19,14 @@ use crate::notify::Event;
 use crate::redis::Links;
 use crate::settings::Settings;
 
+/// Connection ids carry the core index in their low part: `serial * ID_STRIDE + core`.
+const ID_STRIDE: u64 = 1024;
+
+/// The per-core serial number of connection id `id`.
+pub fn conn_serial(id: u64) -> u64 {
+    id / ID_STRIDE
+}
+
 /// Whether each core's Redis links are up, for `/readyz` on any core.
 pub struct Readiness {
     cores: Vec<AtomicBool>,
@@ -78,7 +86,7 @@ impl Core {
     pub fn next_conn_id(&self) -> u64 {
         let n = self.next_conn.get() + 1;
         self.next_conn.set(n);
-        n * 1024 + self.index as u64
+        n * ID_STRIDE + self.index as u64
     }
 
     /// Publishes this core's link state for `/readyz`.

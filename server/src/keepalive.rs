@@ -4,26 +4,30 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use crate::conn::{shutdown, CLOSE_LINGER};
-use crate::core::Core;
+use crate::conn::shutdown;
+use crate::core::{conn_serial, Core};
+
+/// How often the keepalive looks at every connection.
+const TICK: Duration = Duration::from_millis(100);
 
 /// Pings the core's connections every `ping_interval_ms`, and ends closing
 /// connections stuck past their linger, until shutdown.
+///
+/// Pings are spread over the interval: each tick pings only the connections of
+/// one slot. Pinging 10,000 connections at once costs 10,000 writes and reads
+/// in one burst, which stalled deliveries by ~300 ms in
+/// results/compare-2026-11-27.md's 10k scenario.
 pub async fn run(core: Rc<Core>) {
     let limits = core.settings.limits;
     let every = Duration::from_millis(limits.ping_interval_ms);
     let silence_limit = every + Duration::from_millis(limits.pong_timeout_ms);
-    // Ticks at least every second so closing connections are ended soon after
-    // their linger, whatever the ping interval.
-    let tick = every.min(CLOSE_LINGER / 2);
-    let mut next_ping = Instant::now() + every;
+    let tick = every.min(TICK);
+    let slots = (every.as_millis() / tick.as_millis()).max(1) as u64;
+    let mut slot = 0u64;
     while !core.shutdown.is_set() {
         monoio::time::sleep(tick).await;
         let now = Instant::now();
-        let ping_due = now >= next_ping;
-        if ping_due {
-            next_ping = now + every;
-        }
+        slot = (slot + 1) % slots;
         core.pending_heads.borrow_mut().retain(|_, (fd, deadline)| {
             if now < *deadline {
                 return true;
@@ -32,9 +36,9 @@ pub async fn run(core: Rc<Core>) {
             shutdown(*fd, libc::SHUT_RDWR);
             false
         });
-        let conns: Vec<_> = core.conns.borrow().values().cloned().collect();
-        for conn in conns {
-            conn.keepalive(now, silence_limit, ping_due);
+        // `keepalive` never touches the map, so it is walked in place.
+        for conn in core.conns.borrow().values() {
+            conn.keepalive(now, silence_limit, conn_serial(conn.id) % slots == slot);
         }
     }
 }
