@@ -104,6 +104,12 @@ impl RespConn {
             }
             Ok(())
         };
+        // HELLO and SELECT answer at once from a healthy Redis.
+        let setup = async {
+            monoio::time::timeout(CONNECT_TIMEOUT, setup)
+                .await
+                .unwrap_or_else(|_| Err(LinkError::Connect(format!("{addr}: no answer to HELLO"))))
+        };
         match setup.await {
             Ok(()) => Ok(conn),
             Err(e) => {

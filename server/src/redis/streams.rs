@@ -18,6 +18,8 @@ const READ_COUNT: &[u8] = b"1000";
 /// Longest XREAD BLOCK: the reader re-issues its read at least this often, a
 /// safety net for a new channel whose unblock raced with the read.
 const BLOCK_MS: &[u8] = b"2000";
+/// How long an XREAD may take in all: its BLOCK plus a generous margin.
+const READ_DEADLINE: Duration = Duration::from_millis(2000 + 5000);
 
 pub(super) async fn run_reader(core: Rc<Core>) {
     let mut backoff = Backoff::new();
@@ -65,9 +67,16 @@ async fn read_loop(core: &Rc<Core>, conn: &Rc<RespConn>) -> LinkError {
         let mut args: Vec<&[u8]> = vec![b"XREAD", b"COUNT", READ_COUNT, b"BLOCK", BLOCK_MS, b"STREAMS"];
         args.extend(keys.iter().map(Vec::as_slice));
         args.extend(ids.iter().map(String::as_bytes));
-        let reply = match conn.call(&args).await {
-            Ok(reply) => reply,
-            Err(e) => return e,
+        // A Redis that keeps the socket open but stops answering would stall
+        // delivery silently: an XREAD that outlives its BLOCK by this much takes
+        // the link down, so it reconnects and /readyz says 503 meanwhile.
+        let reply = match monoio::time::timeout(READ_DEADLINE, conn.call(&args)).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(e)) => return e,
+            Err(_) => {
+                tracing::warn!("redis did not answer XREAD in time");
+                return LinkError::Down;
+            }
         };
         match resp::xread(reply) {
             Ok(streams) => {
