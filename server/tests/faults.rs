@@ -51,6 +51,27 @@ fn subscribe_while_redis_is_down_is_unavailable_and_recovers() {
 }
 
 #[test]
+fn a_redis_that_stops_answering_turns_readyz_503_and_delivery_resumes() {
+    let redis = Redis::start();
+    let fg = Feedgate::start(&redis);
+    let key = "hang.feed";
+    let mut c = fg.connect();
+    c.sub(key);
+    // DEBUG SLEEP blocks Redis with every socket left open: nothing answers and
+    // nothing closes, so only a deadline on the live read can notice.
+    let mut sleeper_con = redis.conn();
+    let sleeper = thread::spawn(move || {
+        let _: redis::RedisResult<()> = redis::cmd("DEBUG").arg("SLEEP").arg(12).query(&mut sleeper_con);
+    });
+    fg.wait_readyz(503);
+    sleeper.join().expect("DEBUG SLEEP thread");
+    fg.wait_readyz(200);
+    let written = xadd_seqs(&mut redis.conn(), key, 1..=20);
+    let received = recv_seqs(&mut c, key, 1..=20);
+    assert_same_entries(&received, &written);
+}
+
+#[test]
 fn stream_and_pubsub_survive_a_redis_restart_without_losing_entries() {
     let mut redis = Redis::start_persistent();
     let fg = Feedgate::start(&redis);

@@ -180,9 +180,19 @@ impl Redis {
     fn spawn(&mut self) -> bool {
         let port = self.port.to_string();
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &port, "--bind", "127.0.0.1", "--save", ""])
-            .arg("--dir")
-            .arg(self.dir.path());
+        // DEBUG SLEEP lets a test make Redis stop answering with its sockets open.
+        cmd.args([
+            "--port",
+            &port,
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--enable-debug-command",
+            "yes",
+        ])
+        .arg("--dir")
+        .arg(self.dir.path());
         if self.persistent {
             cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
         } else {
