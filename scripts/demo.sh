@@ -236,7 +236,7 @@ EOF
 say "starting feedgate on 127.0.0.1:$port (log: $tmp/feedgate.log)"
 # The flags repeat the file so that FEEDGATE_* variables in the environment cannot
 # override them (flags win over the environment, the environment over the file).
-spawn "$bin" --config "$tmp/feedgate.toml" --listen "127.0.0.1:$port" --redis "$redis_url" \
+spawn env -u FEEDGATE_DEMO_PORT "$bin" --config "$tmp/feedgate.toml" --listen "127.0.0.1:$port" --redis "$redis_url" \
     --namespace ps.=pubsub >"$tmp/feedgate.log" 2>&1
 feedgate_pid=$!
 
