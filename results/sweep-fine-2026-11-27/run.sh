@@ -25,3 +25,8 @@ for run in 1 2 3; do
   done
 done
 kill $RP; wait $RP 2>/dev/null || true
+# The machine's ceiling, measured right after, for the percentages.
+for run in 1 2 3; do
+  target/release/feedgate-loadgen limit -n 1000 --frame-bytes 150 -d 3 --writer-cpu 0 --sink-cpu 1 \
+    >> $OUT/limit.jsonl 2>> $OUT/limit.log
+done
