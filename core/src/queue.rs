@@ -54,6 +54,11 @@ impl OutQueue {
         }
     }
 
+    /// The most bytes the queue holds.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
     /// Bytes queued.
     pub fn bytes(&self) -> usize {
         self.bytes

@@ -67,7 +67,6 @@ pub struct Conn {
     last_seen: Cell<Instant>,
     /// Channels this connection holds.
     pub subs: RefCell<HashSet<Rc<str>>>,
-    queue_limit: usize,
 }
 
 impl Conn {
@@ -86,7 +85,6 @@ impl Conn {
             busy: Cell::new(false),
             last_seen: Cell::new(Instant::now()),
             subs: RefCell::new(HashSet::new()),
-            queue_limit: limits.outbound_queue_bytes,
         }
     }
 
@@ -102,7 +100,7 @@ impl Conn {
 
     /// The outbound queue's limit in bytes.
     pub fn queue_limit(&self) -> usize {
-        self.queue_limit
+        self.out.borrow().limit()
     }
 
     /// Records that the client sent something (it is alive).
