@@ -38,6 +38,11 @@ pub struct LimitsFile {
     pub pong_timeout_ms: Option<u64>,
     pub max_last: Option<u64>,
     pub replay_page: Option<u64>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_ip: Option<usize>,
+    pub max_ops_per_sec: Option<u32>,
+    pub op_burst: Option<u32>,
+    pub max_replays_per_core: Option<usize>,
 }
 
 /// Per-connection limits and timings, resolved.
@@ -57,6 +62,18 @@ pub struct Limits {
     pub max_last: u64,
     /// Entries fetched per XRANGE page during a replay.
     pub replay_page: u64,
+    /// WebSocket connections the process holds at once; past it an upgrade is
+    /// closed at once with 1013.
+    pub max_connections: usize,
+    /// Connections one source IP may hold at once; 0 means no limit.
+    pub max_connections_per_ip: usize,
+    /// Ops per second one connection may send (a token bucket refill rate).
+    pub max_ops_per_sec: u32,
+    /// Ops one connection may send at once before the rate applies.
+    pub op_burst: u32,
+    /// Replays (`since`, `last`) a core runs at once; more wait their turn. With
+    /// the replay window this bounds the history a core holds in memory.
+    pub max_replays_per_core: usize,
 }
 
 impl Default for Limits {
@@ -69,6 +86,11 @@ impl Default for Limits {
             pong_timeout_ms: 20_000,
             max_last: 10_000,
             replay_page: 1_000,
+            max_connections: 100_000,
+            max_connections_per_ip: 0,
+            max_ops_per_sec: 100,
+            op_burst: 1024,
+            max_replays_per_core: 64,
         }
     }
 }
@@ -91,6 +113,10 @@ impl Limits {
             ("limits.ping_interval_ms", self.ping_interval_ms),
             ("limits.pong_timeout_ms", self.pong_timeout_ms),
             ("limits.replay_page", self.replay_page),
+            ("limits.max_connections", self.max_connections as u64),
+            ("limits.max_ops_per_sec", u64::from(self.max_ops_per_sec)),
+            ("limits.op_burst", u64::from(self.op_burst)),
+            ("limits.max_replays_per_core", self.max_replays_per_core as u64),
         ];
         for (key, value) in positive {
             if value == 0 {

@@ -12,6 +12,7 @@ pub enum ErrorCode {
     TooManySubscriptions,
     PublishDisabled,
     Unavailable,
+    RateLimited,
     Internal,
 }
 
@@ -28,6 +29,7 @@ impl ErrorCode {
             ErrorCode::TooManySubscriptions => "too_many_subscriptions",
             ErrorCode::PublishDisabled => "publish_disabled",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Internal => "internal",
         }
     }

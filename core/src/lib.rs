@@ -5,10 +5,14 @@
 //! - [`payload`]: the payload rules of PROTOCOL.md section 2.
 //! - [`frame`]: server-to-client WebSocket frames, built once into `Bytes`.
 //! - [`envelope`]: the JSON of deliveries, replies and errors.
+//! - [`http`]: HTTP/1.1 request heads, routes and the WebSocket handshake.
+//! - [`inbound`]: what to do with each frame a client sends (RFC 6455).
 //! - [`op`]: parsing client ops into [`op::Op`].
+//! - [`json_guard`]: the depth and escape checks run on client JSON before parsing.
 //! - [`error`]: protocol error codes and the crate's error type.
 //! - [`resp`]: RESP commands and the decoding of Redis replies.
 //! - [`queue`]: a connection's bounded outbound queue.
+//! - [`rate`]: a connection's op rate limit.
 //! - [`replay`]: the arithmetic of `recovered` for replays.
 //! - [`config`]: the configuration file's types and checks.
 
@@ -17,9 +21,13 @@ pub mod config;
 pub mod envelope;
 pub mod error;
 pub mod frame;
+pub mod http;
+pub mod inbound;
+pub mod json_guard;
 pub mod op;
 pub mod payload;
 pub mod queue;
+pub mod rate;
 pub mod replay;
 pub mod resp;
 pub mod stream_id;

@@ -6,6 +6,7 @@ use simd_json::BorrowedValue;
 
 use crate::channel::is_valid_channel;
 use crate::error::ProtocolError;
+use crate::json_guard;
 use crate::{ErrorCode, StreamId};
 
 /// Where a stream subscription starts.
@@ -52,6 +53,8 @@ fn bad(req: Option<u64>, code: ErrorCode, message: impl Into<String>) -> OpError
 
 /// Parses one text message. simd-json parses in place, hence `&mut`.
 pub fn parse(text: &mut [u8]) -> Result<Request, OpError> {
+    // Before any DOM is built: the DOM recurses per nesting level.
+    json_guard::check(text).map_err(|e| bad(None, ErrorCode::BadRequest, e.to_string()))?;
     let value = simd_json::to_borrowed_value(text)
         .map_err(|_| bad(None, ErrorCode::BadRequest, "message is not valid JSON"))?;
     let BorrowedValue::Object(obj) = &value else {
@@ -259,6 +262,32 @@ mod tests {
         );
         assert_eq!(code(r#"{"op":"unsubscribe"}"#), (None, ErrorCode::BadRequest));
         assert_eq!(code(r#"{"op":"publish","channel":"a"}"#), (None, ErrorCode::BadRequest));
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_without_building_a_dom() {
+        // 30,000 levels overflowed a core's stack before the guard.
+        let deep = format!(r#"{{"op":"ping","x":{}{}}}"#, "[".repeat(30_000), "]".repeat(30_000));
+        assert_eq!(code(&deep), (None, ErrorCode::BadRequest));
+        let objects = format!("{}1{}", "{\"a\":".repeat(30_000), "}".repeat(30_000));
+        assert_eq!(code(&objects), (None, ErrorCode::BadRequest));
+        let fine = format!(r#"{{"op":"ping","x":{}{}}}"#, "[".repeat(31), "]".repeat(31));
+        assert_eq!(p(&fine).unwrap().op, Op::Ping);
+    }
+
+    #[test]
+    fn huge_numbers_and_lone_surrogates_are_bad_requests() {
+        for text in [
+            r#"{"op":"ping","req":1e400}"#,
+            r#"{"op":"ping","req":123456789012345678901234567890}"#,
+            r#"{"op":"subscribe","channel":"a","last":99999999999999999999999}"#,
+            r#"{"op":"subscribe","channel":"a\ud800"}"#,
+            r#"{"op":"dance\udc00"}"#,
+        ] {
+            assert_eq!(code(text).1, ErrorCode::BadRequest, "{text}");
+        }
+        let pair = r#"{"op":"ping","x":"\ud83d\ude00"}"#;
+        assert_eq!(p(pair).unwrap().op, Op::Ping);
     }
 
     proptest! {

@@ -120,6 +120,16 @@ fn escape_into(out: &mut Vec<u8>, text: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deep_payloads_are_checked_without_recursion() {
+        // simd-json builds its tape with an explicit stack, not recursion: a
+        // payload nested far past any thread's stack is still checked.
+        let mut writer = PayloadWriter::new();
+        let deep = format!("{}{}", "[".repeat(1_000_000), "]".repeat(1_000_000));
+        assert!(writer.is_json(deep.as_bytes()));
+        assert!(!writer.is_json("[".repeat(1_000_000).as_bytes()));
+    }
     use proptest::prelude::*;
 
     fn value(raw: &[u8]) -> String {

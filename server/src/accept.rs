@@ -11,9 +11,9 @@ use monoio::net::{TcpListener, TcpStream};
 
 use crate::conn::shutdown;
 use crate::core::Core;
-use crate::http::{self, Head, Route};
 use crate::reader::read_more;
 use crate::ws;
+use feedgate_core::http::{self, Head, Route};
 
 /// How long a client may take to send its request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);

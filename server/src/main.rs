@@ -4,7 +4,6 @@
 //! - [`runtime`]: one pinned thread and monoio runtime per core; shutdown.
 //! - [`listener`]: SO_REUSEPORT listeners, one per core.
 //! - [`accept`]: accepting connections and routing their HTTP request.
-//! - [`http`]: request heads, routes and the WebSocket handshake.
 //! - [`ws`]: a WebSocket connection's reader and its ops.
 //! - [`conn`]: a connection's queue, closing handshake and writer task.
 //! - [`keepalive`]: pings, and closing clients that stopped answering.
@@ -18,7 +17,6 @@
 mod accept;
 mod conn;
 mod core;
-mod http;
 mod hub;
 mod keepalive;
 mod listener;

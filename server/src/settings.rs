@@ -55,6 +55,23 @@ pub struct Cli {
     /// Entries fetched per XRANGE page during a replay [default: 1000].
     #[arg(long, env = "FEEDGATE_REPLAY_PAGE", value_name = "N")]
     pub replay_page: Option<u64>,
+    /// WebSocket connections the process holds at once; past it an upgrade is
+    /// closed with 1013 [default: 100000].
+    #[arg(long, env = "FEEDGATE_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Connections one source IP may hold at once; 0 means no limit [default: 0].
+    #[arg(long, env = "FEEDGATE_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Ops per second one connection may send; past it ops are answered
+    /// `rate_limited`, and a client that keeps on is closed with 1008 [default: 100].
+    #[arg(long, env = "FEEDGATE_MAX_OPS_PER_SEC", value_name = "N")]
+    pub max_ops_per_sec: Option<u32>,
+    /// Ops one connection may send in a burst before the rate applies [default: 1024].
+    #[arg(long, env = "FEEDGATE_OP_BURST", value_name = "N")]
+    pub op_burst: Option<u32>,
+    /// Replays (`since`, `last`) one core runs at once; more wait their turn [default: 64].
+    #[arg(long, env = "FEEDGATE_MAX_REPLAYS_PER_CORE", value_name = "N")]
+    pub max_replays_per_core: Option<usize>,
     /// A namespace as PREFIX=SOURCE (source: stream or pubsub); repeatable, or
     /// comma-separated in FEEDGATE_NAMESPACES. Replaces the file's namespaces.
     #[arg(
@@ -81,6 +98,11 @@ const KNOWN_ENV: &[&str] = &[
     "FEEDGATE_PONG_TIMEOUT_MS",
     "FEEDGATE_MAX_LAST",
     "FEEDGATE_REPLAY_PAGE",
+    "FEEDGATE_MAX_CONNECTIONS",
+    "FEEDGATE_MAX_CONNECTIONS_PER_IP",
+    "FEEDGATE_MAX_OPS_PER_SEC",
+    "FEEDGATE_OP_BURST",
+    "FEEDGATE_MAX_REPLAYS_PER_CORE",
     "FEEDGATE_NAMESPACES",
 ];
 
@@ -157,27 +179,26 @@ impl Settings {
         }
         let f = file.limits;
         let d = Limits::default();
-        let limits = Limits {
-            max_message_bytes: cli
-                .max_message_bytes
-                .or(f.max_message_bytes)
-                .unwrap_or(d.max_message_bytes),
-            max_subscriptions: cli
-                .max_subscriptions
-                .or(f.max_subscriptions)
-                .unwrap_or(d.max_subscriptions),
-            outbound_queue_bytes: cli
-                .outbound_queue_bytes
-                .or(f.outbound_queue_bytes)
-                .unwrap_or(d.outbound_queue_bytes),
-            ping_interval_ms: cli
-                .ping_interval_ms
-                .or(f.ping_interval_ms)
-                .unwrap_or(d.ping_interval_ms),
-            pong_timeout_ms: cli.pong_timeout_ms.or(f.pong_timeout_ms).unwrap_or(d.pong_timeout_ms),
-            max_last: cli.max_last.or(f.max_last).unwrap_or(d.max_last),
-            replay_page: cli.replay_page.or(f.replay_page).unwrap_or(d.replay_page),
-        };
+        // Flags (and env, which clap merged into them) win over the file.
+        macro_rules! pick {
+            ($($name:ident),* $(,)?) => {
+                Limits { $($name: cli.$name.or(f.$name).unwrap_or(d.$name)),* }
+            };
+        }
+        let limits = pick!(
+            max_message_bytes,
+            max_subscriptions,
+            outbound_queue_bytes,
+            ping_interval_ms,
+            pong_timeout_ms,
+            max_last,
+            replay_page,
+            max_connections,
+            max_connections_per_ip,
+            max_ops_per_sec,
+            op_burst,
+            max_replays_per_core,
+        );
         limits.validate()?;
         let namespaces = if cli.namespaces.is_empty() {
             file.namespaces

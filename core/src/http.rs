@@ -1,6 +1,10 @@
 //! HTTP/1.1 on the WebSocket port: the request head, the routes, and the
 //! RFC 6455 upgrade handshake (done here: fastwebsockets' upgrade helper needs
 //! a `Send` stream, which monoio's are not; shared/TRAPS.md).
+//!
+//! Sans-I/O: the server feeds bytes in and writes the answers out, so the
+//! parser is fuzzed (`fuzz/`) without a socket. httparse is iterative and
+//! bounded by [`MAX_HEAD`] and 48 headers.
 
 use base64::Engine;
 use sha1::{Digest, Sha1};
@@ -52,6 +56,12 @@ pub fn parse(buf: &[u8]) -> Head {
     };
     let path = target.split('?').next().unwrap_or(target);
     let route = match (method, path) {
+        //= rfc6455#section-4.2.1
+        //# 1. An HTTP/1.1 or higher GET request, including a "Request-URI"
+        ("GET", "/ws") if req.version != Some(1) => Route::Respond {
+            status: 400,
+            body: "a WebSocket upgrade needs HTTP/1.1\n",
+        },
         ("GET", "/ws") => upgrade(req.headers),
         ("GET", "/healthz") => Route::Healthz,
         ("GET", "/readyz") => Route::Readyz,
@@ -102,7 +112,20 @@ fn upgrade(headers: &[httparse::Header<'_>]) -> Route {
             body: "expected a WebSocket upgrade\n",
         };
     }
-    if header(headers, "sec-websocket-version") != Some(b"13") {
+    //= rfc6455#section-4.2.2
+    //# If this version does not match a version understood by the server, the
+    //# server MUST abort the WebSocket handshake described in this section and
+    //# instead send an appropriate HTTP error code (such as 426 Upgrade Required)
+    //# and a |Sec-WebSocket-Version| header field indicating the version(s) the
+    //# server is capable of understanding.
+    let version = header(headers, "sec-websocket-version").map(<[u8]>::trim_ascii);
+    if version.is_none() {
+        return Route::Respond {
+            status: 400,
+            body: "missing Sec-WebSocket-Version\n",
+        };
+    }
+    if version != Some(b"13") {
         return Route::Respond {
             status: 426,
             body: "Sec-WebSocket-Version must be 13\n",
@@ -215,6 +238,12 @@ mod tests {
         ));
         let old = ws.replace("Version: 13", "Version: 8");
         assert!(matches!(route(&old), Route::Respond { status: 426, .. }));
+        let missing = ws.replace("Sec-WebSocket-Version: 13\r\n", "");
+        assert!(matches!(route(&missing), Route::Respond { status: 400, .. }));
+        let http10 = ws.replace("HTTP/1.1", "HTTP/1.0");
+        assert!(matches!(route(&http10), Route::Respond { status: 400, .. }));
+        let short_key = ws.replace("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZSBub25j");
+        assert!(matches!(route(&short_key), Route::Respond { status: 400, .. }));
     }
 
     #[test]

@@ -1,0 +1,152 @@
+//! A linear, non-recursive pre-scan of client JSON, run before simd-json builds
+//! a DOM: building a DOM recurses once per nesting level, so an op nesting `[`
+//! 30,000 deep overflowed a core's stack and aborted the process.
+//!
+//! The scan checks only what the parser would let through and must not:
+//! nesting past [`MAX_DEPTH`], and `\u` escapes of lone UTF-16 surrogates
+//! (simd-json turns `"\ud800"` into U+0000). Everything else (syntax) is left
+//! to simd-json.
+
+/// Deepest nesting of arrays and objects accepted in a client op. An op needs
+/// two levels; 32 leaves room for any reasonable extra field.
+pub const MAX_DEPTH: usize = 32;
+
+/// Why a client message was refused before parsing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum GuardError {
+    /// Arrays and objects nest deeper than [`MAX_DEPTH`].
+    #[error("JSON nests deeper than {MAX_DEPTH} levels")]
+    TooDeep,
+    /// A `\u` escape names half of a surrogate pair without the other half.
+    #[error("JSON string holds a lone UTF-16 surrogate escape")]
+    LoneSurrogate,
+}
+
+/// Scans `text` once, without recursion.
+pub fn check(text: &[u8]) -> Result<(), GuardError> {
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < text.len() {
+        match text[i] {
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(GuardError::TooDeep);
+                }
+            }
+            // Unbalanced closers are a syntax error simd-json reports.
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b'"' => i = skip_string(text, i + 1)?,
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+/// Skips a string body starting at `i` (just after its opening quote); returns
+/// the index of the closing quote (or the end of `text`).
+fn skip_string(text: &[u8], mut i: usize) -> Result<usize, GuardError> {
+    while i < text.len() {
+        match text[i] {
+            b'"' => return Ok(i),
+            b'\\' if text.get(i + 1) == Some(&b'u') => {
+                i = skip_unicode_escape(text, i)?;
+                continue;
+            }
+            b'\\' => i += 2,
+            _ => i += 1,
+        }
+    }
+    Ok(i)
+}
+
+//= https://www.rfc-editor.org/rfc/rfc8259#section-7
+//# To escape an extended character that is not in the Basic Multilingual
+//# Plane, the character is represented as a 12-character sequence, encoding
+//# the UTF-16 surrogate pair.
+/// Checks the `\uXXXX` escape at `i` (and its pair, for a high surrogate);
+/// returns the index after it. A malformed escape is left for the parser.
+fn skip_unicode_escape(text: &[u8], i: usize) -> Result<usize, GuardError> {
+    let Some(unit) = hex4(text, i + 2) else {
+        return Ok(i + 2);
+    };
+    match unit {
+        0xD800..=0xDBFF => {
+            let low = (text.get(i + 6) == Some(&b'\\') && text.get(i + 7) == Some(&b'u'))
+                .then(|| hex4(text, i + 8))
+                .flatten();
+            match low {
+                Some(0xDC00..=0xDFFF) => Ok(i + 12),
+                _ => Err(GuardError::LoneSurrogate),
+            }
+        }
+        0xDC00..=0xDFFF => Err(GuardError::LoneSurrogate),
+        _ => Ok(i + 6),
+    }
+}
+
+fn hex4(text: &[u8], at: usize) -> Option<u16> {
+    let digits = text.get(at..at + 4)?;
+    let s = std::str::from_utf8(digits).ok()?;
+    u16::from_str_radix(s, 16)
+        .ok()
+        .filter(|_| digits.iter().all(u8::is_ascii_hexdigit))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn nested(open: &str, close: &str, depth: usize) -> String {
+        format!("{}{}", open.repeat(depth), close.repeat(depth))
+    }
+
+    #[test]
+    fn refuses_deep_nesting_of_arrays_and_objects() {
+        assert_eq!(check(nested("[", "]", MAX_DEPTH).as_bytes()), Ok(()));
+        assert_eq!(
+            check(nested("[", "]", MAX_DEPTH + 1).as_bytes()),
+            Err(GuardError::TooDeep)
+        );
+        assert_eq!(check(nested("[", "]", 30_000).as_bytes()), Err(GuardError::TooDeep));
+        let objects = format!("{}1{}", "{\"a\":".repeat(MAX_DEPTH + 1), "}".repeat(MAX_DEPTH + 1));
+        assert_eq!(check(objects.as_bytes()), Err(GuardError::TooDeep));
+        // Unclosed openers count too: the parser never sees them.
+        assert_eq!(check("[".repeat(100_000).as_bytes()), Err(GuardError::TooDeep));
+    }
+
+    #[test]
+    fn brackets_inside_strings_do_not_count() {
+        let text = format!(r#"{{"op":"ping","x":"{}\"{}"}}"#, "[".repeat(100), "{".repeat(100));
+        assert_eq!(check(text.as_bytes()), Ok(()));
+    }
+
+    #[test]
+    fn refuses_lone_surrogates_and_accepts_pairs() {
+        assert_eq!(check(br#"{"a":"\ud800"}"#), Err(GuardError::LoneSurrogate));
+        assert_eq!(check(br#"{"a":"\uDBFFx"}"#), Err(GuardError::LoneSurrogate));
+        assert_eq!(check(br#"{"a":"\udc00"}"#), Err(GuardError::LoneSurrogate));
+        assert_eq!(check(br#"{"a":"\ud800\u0041"}"#), Err(GuardError::LoneSurrogate));
+        assert_eq!(check(br#"{"a":"\ud83d\ude00"}"#), Ok(()));
+        assert_eq!(check(br#"{"a":"\u0000\\u"}"#), Ok(()));
+        // An escaped backslash before `u` is not an escape.
+        assert_eq!(check(br#"{"a":"\\ud800"}"#), Ok(()));
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = check(&bytes);
+        }
+
+        #[test]
+        fn depth_matches_a_model(depth in 0usize..80, in_string in any::<bool>()) {
+            let body = nested("[", "]", depth);
+            let text = if in_string { format!("\"{body}\"") } else { body };
+            let expected = if in_string || depth <= MAX_DEPTH { Ok(()) } else { Err(GuardError::TooDeep) };
+            prop_assert_eq!(check(text.as_bytes()), expected);
+        }
+    }
+}
