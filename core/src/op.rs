@@ -152,6 +152,15 @@ pub fn parse(text: &mut [u8]) -> Result<Request, OpError> {
     Ok(Request { req, op })
 }
 
+/// The `req` of a message, for an error reply to an op that is not handled
+/// (rate limited), when it is readable.
+pub fn req_of(mut text: Vec<u8>) -> Option<u64> {
+    match parse(&mut text) {
+        Ok(request) => request.req,
+        Err(e) => e.req,
+    }
+}
+
 fn truncate(s: &str, max: usize) -> &str {
     let mut end = s.len().min(max);
     while !s.is_char_boundary(end) {

@@ -11,7 +11,14 @@ pub struct Overflow {
     pub limit: usize,
 }
 
-/// Frames waiting for a connection's writer, bounded in bytes.
+/// What a queued frame costs beyond its bytes: its slot in the queue and its
+/// allocation. Counting only wire bytes let a client that sends empty pings
+/// and never reads queue millions of 2-byte pongs (~80 bytes each) before its
+/// 4008: 320 MiB of RSS.
+pub const FRAME_OVERHEAD: usize = 64;
+
+/// Frames waiting for a connection's writer, bounded in bytes (each frame
+/// counted as its length plus [`FRAME_OVERHEAD`]).
 #[derive(Debug)]
 pub struct OutQueue {
     frames: VecDeque<Bytes>,
@@ -32,7 +39,7 @@ impl OutQueue {
     /// Queues `frame` (a refcount bump, not a copy), or refuses it when the queue
     /// would go over its limit.
     pub fn push(&mut self, frame: Bytes) -> Result<(), Overflow> {
-        if self.bytes + frame.len() > self.limit && !self.frames.is_empty() {
+        if self.bytes + cost(&frame) > self.limit && !self.frames.is_empty() {
             return Err(Overflow { limit: self.limit });
         }
         self.push_unbounded(frame);
@@ -41,7 +48,7 @@ impl OutQueue {
 
     /// Queues a frame that must go out whatever the limit (a close frame).
     pub fn push_unbounded(&mut self, frame: Bytes) {
-        self.bytes += frame.len();
+        self.bytes += cost(&frame);
         self.frames.push_back(frame);
     }
 
@@ -49,7 +56,7 @@ impl OutQueue {
     pub fn drain_into(&mut self, out: &mut Vec<Bytes>, max: usize) {
         let n = self.frames.len().min(max);
         for frame in self.frames.drain(..n) {
-            self.bytes -= frame.len();
+            self.bytes -= cost(&frame);
             out.push(frame);
         }
     }
@@ -59,7 +66,7 @@ impl OutQueue {
         self.limit
     }
 
-    /// Bytes queued.
+    /// Bytes queued, overhead included.
     pub fn bytes(&self) -> usize {
         self.bytes
     }
@@ -76,21 +83,36 @@ impl OutQueue {
     }
 }
 
+fn cost(frame: &Bytes) -> usize {
+    frame.len() + FRAME_OVERHEAD
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn refuses_past_the_limit_and_counts_bytes() {
-        let mut q = OutQueue::new(10);
+        let mut q = OutQueue::new(10 + 2 * FRAME_OVERHEAD);
         q.push(Bytes::from_static(b"123456")).unwrap();
-        assert_eq!(q.push(Bytes::from_static(b"123456")), Err(Overflow { limit: 10 }));
+        assert!(q.push(Bytes::from_static(b"1234567")).is_err());
         q.push(Bytes::from_static(b"1234")).unwrap();
-        assert_eq!(q.bytes(), 10);
+        assert_eq!(q.bytes(), 10 + 2 * FRAME_OVERHEAD);
         let mut out = Vec::new();
         q.drain_into(&mut out, 1);
         assert_eq!(out.len(), 1);
-        assert_eq!(q.bytes(), 4);
+        assert_eq!(q.bytes(), 4 + FRAME_OVERHEAD);
+    }
+
+    #[test]
+    fn tiny_frames_are_charged_their_overhead() {
+        // 2-byte pongs: a 64 KiB bound holds ~1,000 of them, not 32,768.
+        let mut q = OutQueue::new(64 * 1024);
+        let mut queued = 0;
+        while q.push(Bytes::from_static(b"\x8a\x00")).is_ok() {
+            queued += 1;
+        }
+        assert_eq!(queued, 64 * 1024 / (2 + FRAME_OVERHEAD));
     }
 
     #[test]

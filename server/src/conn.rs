@@ -16,7 +16,7 @@ use feedgate_core::frame;
 use feedgate_core::queue::OutQueue;
 use monoio::io::AsyncWriteRent;
 
-use crate::notify::Notify;
+use crate::notify::{Event, Notify};
 use crate::writev::{self, Frames, MAX_IOVECS};
 
 /// How long a closing connection waits for the client's close handshake.
@@ -27,9 +27,10 @@ pub mod close_code {
     pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
     pub const PROTOCOL_ERROR: u16 = 1002;
-    pub const UNSUPPORTED_DATA: u16 = 1003;
     pub const INVALID_PAYLOAD: u16 = 1007;
+    pub const POLICY_VIOLATION: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
+    pub const TRY_AGAIN_LATER: u16 = 1013;
     pub const SLOW_CONSUMER: u16 = 4008;
 }
 
@@ -67,6 +68,8 @@ pub struct Conn {
     last_seen: Cell<Instant>,
     /// Channels this connection holds.
     pub subs: RefCell<HashSet<Rc<str>>>,
+    /// Set when the writer task has ended (the socket is written no more).
+    writer_finished: Event,
 }
 
 impl Conn {
@@ -85,6 +88,7 @@ impl Conn {
             busy: Cell::new(false),
             last_seen: Cell::new(Instant::now()),
             subs: RefCell::new(HashSet::new()),
+            writer_finished: Event::default(),
         }
     }
 
@@ -171,6 +175,11 @@ impl Conn {
         self.state.get() == State::Gone
     }
 
+    /// Waits until the writer task has ended.
+    pub async fn writer_done(&self) {
+        self.writer_finished.wait().await
+    }
+
     /// Ends both directions of the socket, which makes a pending read return
     /// EOF: how watchdogs stop a reader without cancelling its read
     /// (a cancelled io_uring read can lose bytes, shared/TRAPS.md).
@@ -191,7 +200,12 @@ pub fn shutdown(fd: RawFd, how: libc::c_int) {
 /// Drains `conn`'s queue into `sink` until the connection is gone. Hot path:
 /// no timer per wake-up (pings come from the core's keepalive task), just a
 /// wait on the notify and one vectored write per batch.
-pub async fn run_writer<W: AsyncWriteRent>(conn: Rc<Conn>, mut sink: W) {
+pub async fn run_writer<W: AsyncWriteRent>(conn: Rc<Conn>, sink: W) {
+    write_until_done(&conn, sink).await;
+    conn.writer_finished.set();
+}
+
+async fn write_until_done<W: AsyncWriteRent>(conn: &Conn, mut sink: W) {
     let mut frames = Frames::default();
     loop {
         conn.out.borrow_mut().drain_into(frames.bufs_mut(), MAX_IOVECS);

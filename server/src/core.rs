@@ -13,9 +13,10 @@ use std::time::Instant;
 
 use feedgate_core::frame::FrameBuilder;
 
+use crate::admission::Admission;
 use crate::conn::Conn;
 use crate::hub::Hub;
-use crate::notify::Event;
+use crate::notify::{Event, Slots};
 use crate::redis::Links;
 use crate::settings::Settings;
 
@@ -62,14 +63,19 @@ pub struct Core {
     pub pending_heads: RefCell<HashMap<u64, (RawFd, Instant)>>,
     next_conn: Cell<u64>,
     readiness: Arc<Readiness>,
+    /// Connection limits, shared by every core.
+    pub admission: Arc<Admission>,
+    /// Replays running at once on this core (`limits.max_replays_per_core`).
+    pub replays: Slots,
     pub shutdown: Event,
 }
 
 impl Core {
     /// A core with no connections and no Redis links yet.
-    pub fn new(index: usize, settings: Arc<Settings>, readiness: Arc<Readiness>) -> Self {
+    pub fn new(index: usize, settings: Arc<Settings>, readiness: Arc<Readiness>, admission: Arc<Admission>) -> Self {
         Self {
             index,
+            replays: Slots::new(settings.limits.max_replays_per_core),
             settings,
             hub: RefCell::new(Hub::default()),
             frames: RefCell::new(FrameBuilder::new()),
@@ -78,6 +84,7 @@ impl Core {
             pending_heads: RefCell::new(HashMap::new()),
             next_conn: Cell::new(0),
             readiness,
+            admission,
             shutdown: Event::default(),
         }
     }

@@ -4,6 +4,7 @@
 //! - [`runtime`]: one pinned thread and monoio runtime per core; shutdown.
 //! - [`listener`]: SO_REUSEPORT listeners, one per core.
 //! - [`accept`]: accepting connections and routing their HTTP request.
+//! - [`admission`]: connection limits per process and per source IP.
 //! - [`ws`]: a WebSocket connection's reader and its ops.
 //! - [`conn`]: a connection's queue, closing handshake and writer task.
 //! - [`keepalive`]: pings, and closing clients that stopped answering.
@@ -15,6 +16,7 @@
 //! - [`notify`], [`reader`]: single-threaded wake-ups; socket read helpers.
 
 mod accept;
+mod admission;
 mod conn;
 mod core;
 mod hub;

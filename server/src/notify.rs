@@ -70,3 +70,51 @@ impl Event {
         .await
     }
 }
+
+/// A counting semaphore for one core: at most `n` holders at once, the others
+/// wait in turn. Not for futures that may be dropped while waiting: a waiter
+/// woken and then dropped leaves its slot free but wakes nobody else until
+/// the next release (the server never drops one).
+pub struct Slots {
+    free: Cell<usize>,
+    waiters: RefCell<std::collections::VecDeque<Waker>>,
+}
+
+/// One held slot; dropping it frees the slot and wakes the next waiter.
+pub struct SlotGuard<'a>(&'a Slots);
+
+impl Slots {
+    /// `n` slots, all free.
+    pub fn new(n: usize) -> Self {
+        Self {
+            free: Cell::new(n),
+            waiters: RefCell::new(std::collections::VecDeque::new()),
+        }
+    }
+
+    /// Waits for a free slot and holds it until the guard drops.
+    pub async fn acquire(&self) -> SlotGuard<'_> {
+        poll_fn(|cx| {
+            let free = self.free.get();
+            if free > 0 {
+                self.free.set(free - 1);
+                Poll::Ready(())
+            } else {
+                self.waiters.borrow_mut().push_back(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await;
+        SlotGuard(self)
+    }
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        self.0.free.set(self.0.free.get() + 1);
+        let next = self.0.waiters.borrow_mut().pop_front();
+        if let Some(waker) = next {
+            waker.wake();
+        }
+    }
+}

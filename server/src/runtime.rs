@@ -14,6 +14,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::accept::accept_loop;
+use crate::admission::Admission;
 use crate::conn::close_code;
 use crate::core::{Core, Readiness};
 use crate::keepalive;
@@ -24,6 +25,14 @@ use crate::settings::Settings;
 /// How long shutdown waits for clients to finish the closing handshake.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Each core thread's stack, chosen rather than left at Rust's 2 MiB default.
+/// Nothing on a core recurses on outside input (client JSON is depth-checked
+/// before parsing, RESP replies are depth-bounded), so this is a second line of
+/// defence: the 8 MiB a Linux main thread gets, which costs address space
+/// only until touched, and leaves headroom for simd-json and redis-protocol
+/// on the deepest input they are allowed.
+const CORE_STACK: usize = 8 * 1024 * 1024;
+
 /// Runs every core until SIGTERM or SIGINT, then drains and returns.
 pub fn run(settings: Arc<Settings>) -> anyhow::Result<()> {
     raise_fd_limit();
@@ -33,6 +42,7 @@ pub fn run(settings: Arc<Settings>) -> anyhow::Result<()> {
     let signal_handle = signals.handle();
     let failed = Arc::new(AtomicBool::new(false));
     let readiness = Arc::new(Readiness::new(settings.cores));
+    let admission = Admission::new(settings.limits.max_connections, settings.limits.max_connections_per_ip);
     let cpus = core_affinity::get_core_ids().unwrap_or_default();
     tracing::info!(listen = %bound, cores = settings.cores, redis = %settings.redis_addr, "feedgate starting");
 
@@ -43,17 +53,26 @@ pub fn run(settings: Arc<Settings>) -> anyhow::Result<()> {
         stops.push(stop_tx);
         let settings = settings.clone();
         let readiness = readiness.clone();
+        let admission = admission.clone();
         let cpu = (!cpus.is_empty()).then(|| cpus[index % cpus.len()]);
         let failed = failed.clone();
         let signal_handle = signal_handle.clone();
         let thread = std::thread::Builder::new()
             .name(format!("feedgate-core-{index}"))
+            .stack_size(CORE_STACK)
             .spawn(move || {
-                if let Err(e) = run_core(index, cpu, settings, std_listener, readiness, stop_rx) {
-                    tracing::error!(core = index, error = format!("{e:#}"), "core failed");
-                    failed.store(true, Ordering::SeqCst);
-                    signal_handle.close();
-                }
+                let core = || run_core(index, cpu, settings, std_listener, readiness, admission, stop_rx);
+                // A core that fails, by error or by panic, takes the process
+                // down (exit 1, so systemd restarts it) rather than leaving it
+                // serving on some cores and not others.
+                let error = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(core)) {
+                    Ok(Ok(())) => return,
+                    Ok(Err(e)) => format!("{e:#}"),
+                    Err(panic) => panic_text(&*panic),
+                };
+                tracing::error!(core = index, error, "core failed; stopping the process");
+                failed.store(true, Ordering::SeqCst);
+                signal_handle.close();
             })
             .context("spawning a core thread")?;
         threads.push(thread);
@@ -61,6 +80,8 @@ pub fn run(settings: Arc<Settings>) -> anyhow::Result<()> {
 
     if let Some(signal) = signals.forever().next() {
         tracing::info!(signal, "shutting down: closing clients with 1001");
+    } else {
+        tracing::info!("shutting down after a core failed: closing clients with 1001");
     }
     for stop in stops {
         let _ = stop.send(());
@@ -75,6 +96,15 @@ pub fn run(settings: Arc<Settings>) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)");
+    format!("panicked: {text}")
 }
 
 /// Every connection is a file descriptor: lift the soft limit to the hard one.
@@ -103,6 +133,7 @@ fn run_core(
     settings: Arc<Settings>,
     std_listener: std::net::TcpListener,
     readiness: Arc<Readiness>,
+    admission: Arc<Admission>,
     stop: oneshot::Receiver<()>,
 ) -> anyhow::Result<()> {
     if let Some(cpu) = cpu {
@@ -121,7 +152,8 @@ fn run_core(
         .context("building the monoio runtime")?;
     tracing::info!(core = index, cpu = cpu.map(|c| c.id), driver, "core started");
     runtime.block_on(async move {
-        let core = Rc::new(Core::new(index, settings, readiness));
+        let core = Rc::new(Core::new(index, settings, readiness, admission));
+        fail_for_tests(index);
         let listener = monoio::net::TcpListener::from_std(std_listener).context("adopting the listener")?;
         redis::start(&core);
         monoio::spawn(keepalive::run(core.clone()));
@@ -139,4 +171,12 @@ fn run_core(
         }
         Ok(())
     })
+}
+
+/// Test builds only: `FEEDGATE_DEBUG_PANIC_CORE=N` panics core N once it has
+/// started, so the tests can show that a failed core stops the process.
+fn fail_for_tests(index: usize) {
+    if cfg!(debug_assertions) && std::env::var("FEEDGATE_DEBUG_PANIC_CORE").is_ok_and(|v| v.parse() == Ok(index)) {
+        panic!("FEEDGATE_DEBUG_PANIC_CORE={index}");
+    }
 }

@@ -85,6 +85,7 @@ pub struct Cli {
 
 /// Every environment variable the server reads.
 const KNOWN_ENV: &[&str] = &[
+    "FEEDGATE_DEBUG_PANIC_CORE",
     "FEEDGATE_CONFIG",
     "FEEDGATE_LISTEN",
     "FEEDGATE_REDIS",

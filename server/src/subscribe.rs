@@ -19,7 +19,7 @@ use feedgate_core::replay::{nothing_dropped_after, nothing_trimmed_after, Stream
 use feedgate_core::resp::{self, Entry, Reply, ReplyError};
 use feedgate_core::{ErrorCode, StreamId};
 
-use crate::conn::Conn;
+use crate::conn::{close_code, Conn, SLOW_CONSUMER_REASON};
 use crate::core::Core;
 use crate::hub::Joined;
 use crate::redis::{self, LinkError, RespConn};
@@ -34,14 +34,20 @@ fn unavailable() -> ProtocolError {
     ProtocolError::new(ErrorCode::Unavailable, "redis is unavailable right now; retry later")
 }
 
+/// Redis's own words stay in the log: WRONGTYPE tells a client that a key
+/// exists, NOPERM names the ACL user. Clients get the code and a fixed message.
 impl From<LinkError> for ProtocolError {
     fn from(e: LinkError) -> Self {
         match e {
             LinkError::Down | LinkError::Connect(_) => unavailable(),
             LinkError::Reply(ReplyError::Redis(text)) => {
-                ProtocolError::new(ErrorCode::Internal, format!("redis refused: {text}"))
+                tracing::warn!(error = %text, "redis refused a command of a subscribe");
+                ProtocolError::new(ErrorCode::Internal, "redis refused the command; see the server log")
             }
-            LinkError::Reply(e) => ProtocolError::new(ErrorCode::Internal, e.to_string()),
+            LinkError::Reply(e) => {
+                tracing::warn!(error = %e, "redis answered a subscribe's command oddly");
+                ProtocolError::new(ErrorCode::Internal, "unexpected reply from redis; see the server log")
+            }
         }
     }
 }
@@ -181,8 +187,12 @@ async fn subscribe_pubsub(
     };
     until_live(core, name, joined, setup).await.map_err(|e| {
         // A refusal says more than "unavailable": retrying will not help.
+        // Redis's text (it may name the ACL user) was logged when it came.
         match core.redis.refusals.borrow().get(name) {
-            Some(text) => ProtocolError::new(ErrorCode::Internal, format!("redis refused SUBSCRIBE {name}: {text}")),
+            Some(_) => ProtocolError::new(
+                ErrorCode::Internal,
+                format!("redis refused SUBSCRIBE for {name}; see the server log"),
+            ),
             None => e,
         }
     })?;
@@ -261,20 +271,33 @@ async fn replay_last(
         subscribed(conn, name, req, until, true);
         return Ok(until);
     }
+    let _slot = core.replays.acquire().await;
+    let position = start_of_last(core, key, n, until).await?;
+    replay_pages(core, conn, req, name, key, position, until, Promise::Recovered).await
+}
+
+/// The id just before the newest `n` entries up to `until` (`0-0` when the
+/// stream holds no more than `n`), found by walking back a page at a time, so
+/// that a large `last` never holds more than one page in memory.
+async fn start_of_last(core: &Core, key: &[u8], n: u64, until: StreamId) -> Result<StreamId, ProtocolError> {
+    let page = core.settings.limits.replay_page;
     // One extra entry names the position: the id just before the first one sent.
-    let count = (n + 1).to_string();
-    let end = until.to_string();
-    let reply = reply(pool(core)?.call(&[b"XREVRANGE", key, end.as_bytes(), b"-", b"COUNT", count.as_bytes()])).await?;
-    let mut entries = resp::entries(reply).map_err(bad_reply)?;
-    let position = if entries.len() as u64 > n {
-        entries.pop().map_or(StreamId::ZERO, |e| e.id)
-    } else {
-        StreamId::ZERO
-    };
-    entries.reverse();
-    subscribed(conn, name, req, position, true);
-    send_history(core, conn, name, &entries).await;
-    Ok(until)
+    let mut wanted = n + 1;
+    let mut end = until.to_string();
+    loop {
+        let asked = wanted.min(page);
+        let count = asked.to_string();
+        let reply =
+            reply(pool(core)?.call(&[b"XREVRANGE", key, end.as_bytes(), b"-", b"COUNT", count.as_bytes()])).await?;
+        let entries = resp::entries(reply).map_err(bad_reply)?;
+        let got = entries.len() as u64;
+        wanted -= got.min(wanted);
+        match entries.last() {
+            Some(oldest) if wanted == 0 => return Ok(oldest.id),
+            Some(oldest) if got == asked => end = format!("({}", oldest.id),
+            _ => return Ok(StreamId::ZERO),
+        }
+    }
 }
 
 /// `since`: every entry after `since` up to `until`, paged, then live.
@@ -287,6 +310,33 @@ async fn replay_since(
     since: StreamId,
     until: StreamId,
 ) -> Result<StreamId, ProtocolError> {
+    let _slot = core.replays.acquire().await;
+    replay_pages(core, conn, req, name, key, since, until, Promise::Check).await
+}
+
+/// What the `subscribed` reply of a replay says about `recovered`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Promise {
+    /// `true`: nothing was asked for that could be missing (`last`).
+    Recovered,
+    /// Whatever the stream's XINFO proves about the entries after `since`.
+    Check,
+}
+
+/// Sends every entry after `after` up to `until`, a page at a time, after the
+/// `subscribed` reply with `after` as its position. Returns the id after which
+/// held live frames are released.
+#[allow(clippy::too_many_arguments)]
+async fn replay_pages(
+    core: &Rc<Core>,
+    conn: &Rc<Conn>,
+    req: Option<u64>,
+    name: &str,
+    key: &[u8],
+    since: StreamId,
+    until: StreamId,
+    promise: Promise,
+) -> Result<StreamId, ProtocolError> {
     let page = core.settings.limits.replay_page;
     let mut after = since;
     let mut recovered = None;
@@ -294,7 +344,8 @@ async fn replay_since(
         let (entries, info) = read_page(core, key, after, until, page).await?;
         match recovered {
             None => {
-                let answer = info.is_some_and(|info| nothing_dropped_after(&info, since));
+                let answer =
+                    promise == Promise::Recovered || info.is_some_and(|info| nothing_dropped_after(&info, since));
                 subscribed(conn, name, req, since, answer);
                 recovered = Some(answer);
             }
@@ -360,12 +411,23 @@ async fn read_page(
     Ok((entries, resp::stream_info(info).ok()))
 }
 
-/// Sends history frames, waiting for the client to drain when its queue is
-/// half full, so a long replay never trips the slow-consumer limit by itself.
+/// Most history bytes one replay keeps queued for its client; with
+/// `max_replays_per_core` this bounds what replays hold on a core.
+const REPLAY_WINDOW: usize = 1024 * 1024;
+
+/// Sends history frames, waiting for the client to drain whenever the replay's
+/// window is full, so a long replay never trips the slow-consumer limit by
+/// itself. A client that takes nothing for the pong timeout is closed as a
+/// slow consumer: the replay holds its op, so the keepalive cannot judge it.
 async fn send_history(core: &Core, conn: &Conn, name: &str, entries: &[Entry]) {
+    let window = (conn.queue_limit() / 2).min(REPLAY_WINDOW);
+    let stuck_after = Duration::from_millis(core.settings.limits.pong_timeout_ms);
     for entry in entries {
-        while conn.is_open() && conn.queued_bytes() > conn.queue_limit() / 2 {
-            conn.drained.wait().await;
+        while conn.is_open() && conn.queued_bytes() > window {
+            if monoio::time::timeout(stuck_after, conn.drained.wait()).await.is_err() {
+                tracing::debug!(conn = conn.id, channel = name, "replay made no progress");
+                conn.close(close_code::SLOW_CONSUMER, SLOW_CONSUMER_REASON);
+            }
         }
         if !conn.is_open() {
             return;
