@@ -1270,3 +1270,283 @@ pub fn seq_after_position(con: &mut redis::Connection, key: &str, reply: &Value)
 pub fn sub_op(fields: &str) -> String {
     format!(r#"{{"op":"subscribe",{fields}}}"#)
 }
+
+// ---------------------------------------------------------------------------
+// Hostile and limit tests: a raw client that may break any rule, and the
+// process's health (added for hostile.rs and limits.rs)
+// ---------------------------------------------------------------------------
+
+/// FIN bit of a frame's first byte.
+pub const WS_FIN: u8 = 0x80;
+/// RSV1, RSV2, RSV3 bits of a frame's first byte.
+pub const WS_RSV1: u8 = 0x40;
+pub const WS_RSV2: u8 = 0x20;
+pub const WS_RSV3: u8 = 0x10;
+/// Opcodes.
+pub const OP_CONTINUATION: u8 = 0x0;
+pub const OP_TEXT: u8 = 0x1;
+pub const OP_BINARY: u8 = 0x2;
+pub const OP_CLOSE: u8 = 0x8;
+pub const OP_PING: u8 = 0x9;
+pub const OP_PONG: u8 = 0xA;
+
+/// The bytes of one client frame whose first byte is `b0` exactly as given
+/// (FIN, RSV bits and opcode, any of them wrong on purpose), the payload
+/// length in its shortest form, masked with a fixed key unless `masked` is false.
+pub fn frame_with_head(b0: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mut out = client_frame(b0 & 0x0f, payload, masked);
+    out[0] = b0;
+    out
+}
+
+/// Only the header of a masked frame (first byte `b0`) that declares `len`
+/// payload bytes in the 64-bit extended length form; no payload follows.
+pub fn frame_header_declaring(b0: u8, len: u64) -> Vec<u8> {
+    let mut out = vec![b0, 0x80 | 127];
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&[0x37, 0xfa, 0x21, 0x3d]);
+    out
+}
+
+/// How reading from a [`WireConn`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireEnd {
+    /// The server closed its end (EOF).
+    Eof,
+    /// The connection was reset (or another read error).
+    Reset,
+    /// Nothing arrived within the timeout; the connection is still open.
+    TimedOut,
+}
+
+/// The answer to an upgrade request made with [`WireConn::upgrade_from`].
+pub struct WireUpgrade {
+    pub status: u16,
+    pub head: String,
+    /// The connection, when the status is 101.
+    pub conn: Option<WireConn>,
+}
+
+/// A raw WebSocket client over TCP that reads and writes frames as bytes, so a
+/// test can send anything and see exactly what the server sends back.
+pub struct WireConn {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl WireConn {
+    /// Upgrades on `/ws`; panics unless the server answers 101.
+    pub fn connect(addr: SocketAddr) -> Self {
+        let up = Self::upgrade_from(addr, None, None).unwrap_or_else(|e| panic!("{e}"));
+        up.conn.unwrap_or_else(|| panic!("upgrade refused: {}", up.head))
+    }
+
+    /// Connects from `local_ip` (any port; `None`: the OS picks), with the
+    /// receive buffer fixed at about `recv_buffer` bytes when given (set before
+    /// connecting, so the kernel does not grow it), and sends a valid upgrade
+    /// request for `/ws`. `Err` when the connection or the response failed.
+    pub fn upgrade_from(
+        addr: SocketAddr,
+        local_ip: Option<std::net::IpAddr>,
+        recv_buffer: Option<usize>,
+    ) -> Result<WireUpgrade, String> {
+        use socket2::{Domain, Socket, Type};
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).map_err(|e| format!("socket: {e}"))?;
+        if let Some(ip) = local_ip {
+            socket
+                .bind(&SocketAddr::new(ip, 0).into())
+                .map_err(|e| format!("bind {ip}: {e}"))?;
+        }
+        if let Some(bytes) = recv_buffer {
+            socket
+                .set_recv_buffer_size(bytes)
+                .map_err(|e| format!("SO_RCVBUF: {e}"))?;
+        }
+        socket
+            .connect_timeout(&addr.into(), READ_TIMEOUT)
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        let mut stream: TcpStream = socket.into();
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        stream.set_read_timeout(Some(READ_TIMEOUT)).map_err(|e| e.to_string())?;
+        stream
+            .set_write_timeout(Some(READ_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        let req = format!(
+            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        stream
+            .write_all(req.as_bytes())
+            .map_err(|e| format!("send upgrade: {e}"))?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let end = loop {
+            if let Some(end) = find(&buf, b"\r\n\r\n") {
+                break end;
+            }
+            match stream.read(&mut chunk) {
+                Ok(0) => {
+                    return Err(format!(
+                        "connection closed during the upgrade: {:?}",
+                        String::from_utf8_lossy(&buf)
+                    ))
+                }
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) => return Err(format!("read upgrade response: {e}")),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        let status = status_of(&head)?;
+        let rest = buf[end + 4..].to_vec();
+        let conn = (status == 101).then(|| Self { stream, buf: rest });
+        Ok(WireUpgrade { status, head, conn })
+    }
+
+    /// This client's end of the connection.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.stream.local_addr().expect("local addr")
+    }
+
+    /// Writes `bytes` as they are.
+    pub fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// Sends `text` as one final masked text frame; panics when the write fails.
+    pub fn send_text(&mut self, text: &str) {
+        self.send(&client_frame(OP_TEXT, text.as_bytes(), true))
+            .unwrap_or_else(|e| panic!("send {text:.120}: {e}"));
+    }
+
+    /// The next whole frame from the server, waiting at most `timeout`;
+    /// `Err` says how reading ended without one.
+    pub fn next_frame(&mut self, timeout: Duration) -> Result<RawFrame, WireEnd> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some((frame, used)) = parse_server_frame(&self.buf) {
+                self.buf.drain(..used);
+                return Ok(frame);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(WireEnd::TimedOut);
+            }
+            self.stream.set_read_timeout(Some(left)).expect("read timeout");
+            let mut chunk = [0u8; 65536];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Err(WireEnd::Eof),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return Err(WireEnd::TimedOut)
+                }
+                Err(_) => return Err(WireEnd::Reset),
+            }
+        }
+    }
+
+    /// Every frame until the server ends the connection (EOF or reset), or
+    /// until `timeout` passes (then the end is [`WireEnd::TimedOut`]).
+    pub fn frames_until_end(&mut self, timeout: Duration) -> (Vec<RawFrame>, WireEnd) {
+        let deadline = Instant::now() + timeout;
+        let mut frames = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_frame(left) {
+                Ok(frame) => frames.push(frame),
+                Err(end) => return (frames, end),
+            }
+        }
+    }
+
+    /// Bytes received after the last whole frame (a frame cut short).
+    pub fn partial_bytes(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+/// One whole unmasked server frame at the start of `b`, and its length.
+fn parse_server_frame(b: &[u8]) -> Option<(RawFrame, usize)> {
+    if b.len() < 2 {
+        return None;
+    }
+    assert_eq!(b[1] & 0x80, 0, "server frames must not be masked");
+    let (len, hdr) = match b[1] & 0x7f {
+        126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
+        127 if b.len() >= 10 => (u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize, 10),
+        126 | 127 => return None,
+        n => (n as usize, 2),
+    };
+    if b.len() < hdr + len {
+        return None;
+    }
+    let frame = RawFrame {
+        opcode: b[0] & 0x0f,
+        payload: b[hdr..hdr + len].to_vec(),
+    };
+    Some((frame, hdr + len))
+}
+
+/// The process's resident set (`VmRSS` of `/proc/<pid>/status`) in KiB.
+pub fn vm_rss_kib(pid: u32) -> u64 {
+    try_rss_kib(pid).unwrap_or_else(|| panic!("no VmRSS for pid {pid} (process gone?)"))
+}
+
+/// The state letter of process `pid` (`/proc/<pid>/stat`: R, S, D, Z ...);
+/// `None` when there is no such process.
+pub fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces: the state follows the last ')'.
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// Samples the process's RSS every 10 ms until stopped; returns the peak.
+pub struct RssSampler {
+    stop: Arc<AtomicBool>,
+    peak: Arc<std::sync::atomic::AtomicU64>,
+    handle: Option<thread::JoinHandle<()>>,
+}
+
+impl RssSampler {
+    pub fn start(pid: u32) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(std::sync::atomic::AtomicU64::new(vm_rss_kib(pid)));
+        let (s, p) = (stop.clone(), peak.clone());
+        let handle = thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                if let Some(kib) = try_rss_kib(pid) {
+                    p.fetch_max(kib, Ordering::Relaxed);
+                }
+                thread::sleep(Duration::from_millis(10));
+            }
+        });
+        Self {
+            stop,
+            peak,
+            handle: Some(handle),
+        }
+    }
+
+    pub fn peak_kib(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for RssSampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// `VmRSS` in KiB, `None` once the process is gone.
+pub fn try_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    line.trim().trim_end_matches("kB").trim().parse().ok()
+}
