@@ -308,12 +308,16 @@ fn a_client_that_keeps_flooding_ops_is_closed_with_1008() {
         (1008, "op rate limit exceeded"),
         "after {pongs} pongs and {limited} rate_limited"
     );
+    // The close discards replies still queued (docs/protocol.md, close codes),
+    // so a flood may see fewer of them than were sent; never more than the
+    // burst of pongs, then the burst of refusals (core/src/rate.rs pins the
+    // exact sequence).
     assert!(
-        (BURST..=BURST + 2).contains(&pongs),
+        pongs <= BURST + 2,
         "{pongs} pongs before the close; the burst is {BURST}"
     );
     assert!(
-        (BURST - 1..=BURST + 1).contains(&limited),
+        limited <= BURST + 1,
         "{limited} rate_limited replies before the close; refusals beyond another {BURST} close"
     );
     c.assert_tcp_closed();
