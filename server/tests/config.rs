@@ -9,15 +9,27 @@ use std::net::TcpListener;
 use support::*;
 
 /// Runs feedgate expecting it to refuse to start; returns its stderr.
-fn refuses_to_start(builder: FeedgateBuilder, what: &str) -> String {
+/// Exit code for a bad configuration (docs/operations.md; the systemd unit's
+/// `RestartPreventExitStatus=2` relies on it).
+const BAD_CONFIG: i32 = 2;
+/// Exit code for a failure at run time, a port in use included.
+const RUN_FAILED: i32 = 1;
+
+/// Runs `builder` expecting it to exit with `code` (a panic's 101 fails).
+fn refuses_to_start_with(builder: FeedgateBuilder, what: &str, code: i32) -> String {
     let exited = builder.run_to_exit();
-    assert!(
-        !exited.status.success(),
+    assert_eq!(
+        exited.status.code(),
+        Some(code),
         "{what}: exited with {:?}; stderr:\n{}",
         exited.status,
         exited.stderr
     );
     exited.stderr
+}
+
+fn refuses_to_start(builder: FeedgateBuilder, what: &str) -> String {
+    refuses_to_start_with(builder, what, BAD_CONFIG)
 }
 
 /// Asserts that `stderr` names the setting in one of its spellings.
@@ -117,7 +129,7 @@ fn port_in_use_is_refused_naming_the_address() {
     let redis = Redis::start();
     let holder = TcpListener::bind("127.0.0.1:0").expect("hold a port");
     let port = holder.local_addr().unwrap().port();
-    let stderr = refuses_to_start(Feedgate::builder(&redis).port(port), "port in use");
+    let stderr = refuses_to_start_with(Feedgate::builder(&redis).port(port), "port in use", RUN_FAILED);
     assert_names(&stderr, &[&format!("127.0.0.1:{port}")], "port in use");
     assert!(
         stderr.to_lowercase().contains("in use"),

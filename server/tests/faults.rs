@@ -114,6 +114,10 @@ fn stream_and_pubsub_survive_a_redis_restart_without_losing_entries() {
     c.assert_alive();
 }
 
+/// The server's 2 s wait for a close answer, which a raw client never sends,
+/// and a margin.
+const CLOSE_LINGER_BOUND: Duration = Duration::from_millis(2500);
+
 const PING_INTERVAL_MS: u64 = 200;
 const PONG_TIMEOUT_MS: u64 = 1500;
 
@@ -151,7 +155,20 @@ fn silent_client_is_closed_with_ping_timeout() {
     // (A client that answers is kept: see the test above. A second tungstenite
     // client here would be silent too, as it only answers pings while reading.)
     let mut silent = RawWs::connect(fg.addr());
+    let connected = Instant::now();
     let frames = silent.read_frames_until_eof();
+    let took = connected.elapsed();
+    // Silent for interval + timeout, closed at the next ping after that: not at
+    // its first ping, and not much later than one more interval.
+    let limit = Duration::from_millis(PING_INTERVAL_MS + PONG_TIMEOUT_MS);
+    assert!(
+        took >= limit,
+        "closed after {took:?}, before the {limit:?} of silence allowed"
+    );
+    assert!(
+        took < limit + Duration::from_millis(2 * PING_INTERVAL_MS) + CLOSE_LINGER_BOUND,
+        "closed after {took:?}"
+    );
 
     let close = frames
         .last()

@@ -77,3 +77,28 @@ fn an_upgrade_completed_during_the_drain_is_closed_with_1001_and_the_process_exi
     assert!(took < Duration::from_secs(7), "exited {took:?} after SIGTERM");
     drop(silent);
 }
+
+/// The test runs label themselves by driver (scripts/test.sh): the server must
+/// run the one asked for, so a host without io_uring cannot pass the io_uring
+/// run on epoll unnoticed. `FEEDGATE_TEST_ALLOW_EPOLL=1` accepts epoll for a run
+/// on such a host, on purpose.
+#[test]
+fn every_core_runs_the_driver_the_run_asks_for() {
+    let redis = Redis::start();
+    let fg = Feedgate::start(&redis);
+    let forced_epoll = std::env::var("MONOIO_FORCE_LEGACY_DRIVER")
+        .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes"));
+    let allow_epoll = std::env::var_os("FEEDGATE_TEST_ALLOW_EPOLL").is_some();
+    let stderr = fg.stderr();
+    let started: Vec<&str> = stderr.lines().filter(|l| l.contains("core started")).collect();
+    assert_eq!(started.len(), 2, "one line per core: {stderr}");
+    for line in started {
+        let uring = line.contains("driver=\"io_uring\"") || line.contains("driver=io_uring");
+        let epoll = line.contains("driver=\"epoll\"") || line.contains("driver=epoll");
+        if forced_epoll {
+            assert!(epoll, "MONOIO_FORCE_LEGACY_DRIVER is set: {line}");
+        } else {
+            assert!(uring || (allow_epoll && epoll), "expected io_uring: {line}");
+        }
+    }
+}

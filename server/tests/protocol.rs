@@ -220,6 +220,7 @@ fn bad_input_gets_its_error_code_and_the_connection_stays_usable() {
             (&json!("error"), &json!("bad_request")),
             "sent {text}: {reply}"
         );
+        assert!(reply.get("req").is_none(), "a malformed req is not echoed: {reply}");
         c.assert_alive();
     }
 
