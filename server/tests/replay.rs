@@ -38,6 +38,8 @@ fn since_replays_history_then_live_without_gap_or_duplicate_while_producing() {
     let received = recv_seqs(&mut c, key, 101..=4000);
     written.extend(producer.join());
     assert_same_entries(&received, &written);
+    // Nothing follows the last entry (a repeat would come before this pong).
+    c.assert_alive();
 }
 
 #[test]
@@ -80,6 +82,7 @@ fn last_beyond_the_stream_length_delivers_everything() {
 #[test]
 fn last_while_producing_starts_right_after_position_without_gap() {
     let redis = Redis::start();
+    // `last` is read in pages too: 7 makes it walk back and forward in many.
     let fg = Feedgate::builder(&redis).flag("replay-page", 7).start();
     let mut con = redis.conn();
     let key = "rp.lastlive";
@@ -99,6 +102,7 @@ fn last_while_producing_starts_right_after_position_without_gap() {
     let received = recv_seqs(&mut c, key, first..=3000);
     written.extend(producer.join());
     assert_same_entries(&received, &written);
+    c.assert_alive();
 }
 
 #[test]
