@@ -71,6 +71,54 @@ fn a_redis_that_stops_answering_turns_readyz_503_and_delivery_resumes() {
     assert_same_entries(&received, &written);
 }
 
+/// Keeps XADDing `1-<seq>` for seq in `seqs` through a Redis outage, retrying
+/// each entry until Redis takes it. Explicit ids make a retry of an XADD that
+/// did land fail instead of writing the entry twice.
+fn produce_through_outage(
+    url: String,
+    key: &'static str,
+    seqs: std::ops::RangeInclusive<u64>,
+) -> thread::JoinHandle<Vec<SeqEntry>> {
+    thread::spawn(move || {
+        let client = redis::Client::open(url).expect("redis url");
+        let mut con = None;
+        let mut written = Vec::new();
+        for seq in seqs {
+            let id = format!("1-{seq}");
+            loop {
+                let c = match &mut con {
+                    Some(c) => c,
+                    None => match client.get_connection_with_timeout(Duration::from_millis(200)) {
+                        Ok(c) => con.insert(c),
+                        Err(_) => {
+                            thread::sleep(Duration::from_millis(5));
+                            continue;
+                        }
+                    },
+                };
+                let added: redis::RedisResult<String> = redis::cmd("XADD")
+                    .arg(key)
+                    .arg(&id)
+                    .arg("data")
+                    .arg(seq_data(seq))
+                    .query(c);
+                match added {
+                    Ok(_) => break,
+                    // A retry of an XADD that landed before the connection broke.
+                    Err(e) if e.to_string().contains("equal or smaller") => break,
+                    Err(_) => {
+                        con = None;
+                        thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            }
+            written.push((seq, id));
+            thread::sleep(Duration::from_millis(2));
+        }
+        written
+    })
+}
+
 #[test]
 fn stream_and_pubsub_survive_a_redis_restart_without_losing_entries() {
     let mut redis = Redis::start_persistent();
@@ -80,16 +128,28 @@ fn stream_and_pubsub_survive_a_redis_restart_without_losing_entries() {
     c.sub(key);
     c.sub("ps.rs");
 
-    // Written right before the shutdown: feedgate may not have read them yet.
-    let mut written = xadd_seqs(&mut redis.conn(), key, 1..=100);
+    // A producer that writes through the outage: entries land after Redis is
+    // back but before feedgate's reader has reconnected (it backs off), so only
+    // a reader that resumes from its cursor, not from `$`, delivers them.
+    let producer = produce_through_outage(redis.url(), key, 1..=1500);
+    let xlen = |redis: &Redis| -> u64 { redis_cmd(&mut redis.conn(), &["XLEN", key]) };
+    wait_until("the producer to write 100 entries", STARTUP_TIMEOUT, || {
+        xlen(&redis) >= 100
+    });
     redis.stop();
     fg.wait_readyz(503);
     redis.restart();
+    let back = xlen(&redis);
     fg.wait_readyz(200);
+    let ready = xlen(&redis);
+    assert!(
+        ready > back,
+        "entries must land between Redis coming back ({back}) and feedgate being ready ({ready})"
+    );
+    let written = producer.join().expect("producer thread");
     let mut con = redis.conn();
-    written.extend(xadd_seqs(&mut con, key, 101..=200));
 
-    let received = recv_seqs(&mut c, key, 1..=200);
+    let received = recv_seqs(&mut c, key, 1..=1500);
     assert_same_entries(&received, &written);
 
     // The pub/sub subscription comes back too. PUBLISH says how many Redis
