@@ -129,5 +129,22 @@ mod tests {
             let quoted = serde_json::to_string(&name).unwrap();
             prop_assert_eq!(quoted, format!("\"{name}\""));
         }
+
+        /// One byte outside the alphabet anywhere, or a name too long, is refused:
+        /// what makes splicing accepted names unescaped safe.
+        #[test]
+        fn any_other_name_is_refused(
+            head in "[A-Za-z0-9_.:@/-]{0,100}",
+            bad in "[^A-Za-z0-9_.:@/-]",
+            tail in "[A-Za-z0-9_.:@/-]{0,99}",
+        ) {
+            let name = format!("{head}{bad}{tail}");
+            prop_assert!(!is_valid_channel(&name), "{:?}", name);
+        }
+
+        #[test]
+        fn names_over_200_bytes_are_refused(name in "[A-Za-z0-9_.:@/-]{201,400}") {
+            prop_assert!(!is_valid_channel(&name));
+        }
     }
 }

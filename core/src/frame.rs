@@ -181,19 +181,38 @@ mod tests {
         assert!(close(1000, &"é".repeat(100)).len() <= 127);
     }
 
+    /// The declared length and header size of frame `f`.
+    fn declared(f: &[u8]) -> (usize, usize) {
+        match f[1] {
+            126 => (u16::from_be_bytes([f[2], f[3]]) as usize, 4),
+            127 => (u64::from_be_bytes(f[2..10].try_into().unwrap()) as usize, 10),
+            n => (n as usize, 2),
+        }
+    }
+
+    //= rfc6455#section-5.2
+    //# Payload length:  7 bits, 7+16 bits, or 7+64 bits ... If 126, the
+    //# following 2 bytes interpreted as a 16-bit unsigned integer are the
+    //# payload length.  If 127, the following 8 bytes interpreted as a 64-bit
+    //# unsigned integer ... are the payload length.
+    #[test]
+    fn header_switches_form_exactly_at_126_and_65536() {
+        for (len, skip) in [(125, 2), (126, 4), (65_535, 4), (65_536, 10), (65_537, 10)] {
+            let f = text(&vec![b'x'; len]);
+            assert_eq!(declared(&f), (len, skip), "length {len}");
+            assert_eq!(f.len(), skip + len);
+        }
+    }
+
     proptest! {
         #[test]
-        fn header_encodes_every_length(len in 0usize..70_000) {
+        fn header_encodes_every_length(len in prop_oneof![0usize..300, 65_400usize..65_700, 0usize..70_000]) {
             let payload = vec![b'x'; len];
             let f = text(&payload);
             prop_assert_eq!(f[0], 0x81);
             prop_assert_eq!(f[1] & 0x80, 0, "server frames are unmasked");
-            let (declared, skip) = match f[1] {
-                126 => (u16::from_be_bytes([f[2], f[3]]) as usize, 4),
-                127 => (u64::from_be_bytes(f[2..10].try_into().unwrap()) as usize, 10),
-                n => (n as usize, 2),
-            };
-            prop_assert_eq!(declared, len);
+            let (length, skip) = declared(&f);
+            prop_assert_eq!(length, len);
             prop_assert_eq!(f.len(), skip + len);
             // The shortest form is used (rfc6455 5.2: minimal number of bytes).
             prop_assert_eq!(skip, if len < 126 { 2 } else if len <= 0xFFFF { 4 } else { 10 });

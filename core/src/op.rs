@@ -299,7 +299,185 @@ mod tests {
         assert_eq!(p(pair).unwrap().op, Op::Ping);
     }
 
+    /// A field as a generated op carries it: absent, well-typed, or mistyped.
+    #[derive(Debug, Clone)]
+    enum Field<T> {
+        Absent,
+        Good(T),
+        Mistyped(serde_json::Value),
+    }
+
+    /// `string`: the field is a string, so a string is not mistyped for it.
+    fn field<T: std::fmt::Debug + Clone>(
+        good: impl Strategy<Value = T>,
+        string: bool,
+    ) -> impl Strategy<Value = Field<T>> {
+        let other_type = if string { serde_json::json!(7) } else { serde_json::json!("7") };
+        prop_oneof![
+            2 => Just(Field::Absent),
+            5 => good.prop_map(Field::Good),
+            1 => prop_oneof![
+                Just(serde_json::json!(-1)),
+                Just(serde_json::json!(1.5)),
+                Just(other_type),
+                Just(serde_json::json!(null)),
+                Just(serde_json::json!([1])),
+                Just(serde_json::json!({"a": 1})),
+                Just(serde_json::json!(true)),
+            ]
+            .prop_map(Field::Mistyped),
+        ]
+    }
+
+    fn put<T: serde::Serialize>(obj: &mut serde_json::Map<String, serde_json::Value>, name: &str, f: &Field<T>) {
+        match f {
+            Field::Absent => {}
+            Field::Good(v) => {
+                obj.insert(name.into(), serde_json::to_value(v).unwrap());
+            }
+            Field::Mistyped(v) => {
+                obj.insert(name.into(), v.clone());
+            }
+        }
+    }
+
+    /// Generated ops: valid and near-valid, with ignored extra fields.
+    #[derive(Debug, Clone)]
+    struct Generated {
+        req: Field<u64>,
+        op: Field<String>,
+        channel: Field<String>,
+        since: Field<String>,
+        last: Field<u64>,
+        token: Field<String>,
+        data: bool,
+        extra: bool,
+    }
+
+    fn generated() -> impl Strategy<Value = Generated> {
+        let op = prop_oneof![
+            Just("subscribe".to_owned()),
+            Just("unsubscribe".to_owned()),
+            Just("ping".to_owned()),
+            Just("auth".to_owned()),
+            Just("publish".to_owned()),
+            "[a-z]{1,8}",
+        ];
+        let channel = prop_oneof!["[A-Za-z0-9_.:@/-]{1,20}", ".{0,5}", "[a-z]{201,210}"];
+        let since = prop_oneof!["[0-9]{1,5}-[0-9]{1,3}", "[0-9]{1,5}", ".{0,4}"];
+        (
+            field(any::<u64>(), false),
+            field(op, true),
+            field(channel, true),
+            field(since, true),
+            field(any::<u64>(), false),
+            field(".{0,8}", true),
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(|(req, op, channel, since, last, token, data, extra)| Generated {
+                req,
+                op,
+                channel,
+                since,
+                last,
+                token,
+                data,
+                extra,
+            })
+    }
+
+    impl Generated {
+        fn text(&self) -> String {
+            let mut obj = serde_json::Map::new();
+            put(&mut obj, "req", &self.req);
+            put(&mut obj, "op", &self.op);
+            put(&mut obj, "channel", &self.channel);
+            put(&mut obj, "since", &self.since);
+            put(&mut obj, "last", &self.last);
+            put(&mut obj, "token", &self.token);
+            if self.data {
+                obj.insert("data".into(), serde_json::json!({"px": 1}));
+            }
+            if self.extra {
+                obj.insert("zzz".into(), serde_json::json!([[1], {"a": null}]));
+            }
+            serde_json::Value::Object(obj).to_string()
+        }
+
+        /// What PROTOCOL.md section 3 and docs/protocol.md say the parse gives:
+        /// fields checked in the order req, op, channel, then the op's own.
+        fn expected(&self) -> Result<Request, (Option<u64>, ErrorCode)> {
+            let req = match &self.req {
+                Field::Absent => None,
+                Field::Good(n) => Some(*n),
+                Field::Mistyped(_) => return Err((None, ErrorCode::BadRequest)),
+            };
+            let bad = |code| Err((req, code));
+            let op = match &self.op {
+                Field::Good(op) => op.as_str(),
+                _ => return bad(ErrorCode::BadRequest),
+            };
+            let string = |f: &Field<String>| match f {
+                Field::Good(s) => Some(s.clone()),
+                _ => None,
+            };
+            let channel = || match &self.channel {
+                Field::Good(c) if is_valid_channel(c) => Ok(c.clone()),
+                Field::Good(_) => Err((req, ErrorCode::BadChannel)),
+                _ => Err((req, ErrorCode::BadRequest)),
+            };
+            let op = match op {
+                "subscribe" => {
+                    let channel = channel()?;
+                    let since = match &self.since {
+                        Field::Absent => None,
+                        Field::Good(s) => match s.parse::<StreamId>() {
+                            Ok(id) => Some(id),
+                            Err(_) => return bad(ErrorCode::BadRequest),
+                        },
+                        Field::Mistyped(_) => return bad(ErrorCode::BadRequest),
+                    };
+                    let last = match &self.last {
+                        Field::Absent => None,
+                        Field::Good(n) => Some(*n),
+                        Field::Mistyped(_) => return bad(ErrorCode::BadRequest),
+                    };
+                    let start = match (since, last) {
+                        (None, None) => Start::Live,
+                        (Some(id), None) => Start::Since(id),
+                        (None, Some(n)) => Start::Last(n),
+                        (Some(_), Some(_)) => return bad(ErrorCode::BadRequest),
+                    };
+                    Op::Subscribe { channel, start }
+                }
+                "unsubscribe" => Op::Unsubscribe { channel: channel()? },
+                "ping" => Op::Ping,
+                "auth" => match string(&self.token) {
+                    Some(token) => Op::Auth { token },
+                    None => return bad(ErrorCode::BadRequest),
+                },
+                "publish" => {
+                    let channel = channel()?;
+                    if !self.data {
+                        return bad(ErrorCode::BadRequest);
+                    }
+                    Op::Publish { channel }
+                }
+                _ => return bad(ErrorCode::UnknownOp),
+            };
+            Ok(Request { req, op })
+        }
+    }
+
     proptest! {
+        #[test]
+        fn structured_ops_parse_as_the_model_says(g in generated()) {
+            let text = g.text();
+            let got = p(&text).map_err(|e| (e.req, e.error.code));
+            prop_assert_eq!(got, g.expected(), "{}", text);
+        }
+
         #[test]
         fn never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
             let mut b = bytes;

@@ -183,7 +183,40 @@ mod tests {
         assert_eq!(out, b"[1]");
     }
 
+    /// Arbitrary JSON values, a few levels deep.
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        use serde_json::Value;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+            ".*".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::btree_map(".{0,8}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
     proptest! {
+        /// PROTOCOL.md section 2: valid JSON is spliced as it is, byte for byte,
+        /// whatever its layout (pretty or compact).
+        #[test]
+        fn valid_json_is_spliced_byte_for_byte(value in json_value(), pretty in any::<bool>()) {
+            let raw = if pretty {
+                serde_json::to_vec_pretty(&value).unwrap()
+            } else {
+                serde_json::to_vec(&value).unwrap()
+            };
+            let mut out = Vec::new();
+            PayloadWriter::new().write_value(&mut out, &raw);
+            prop_assert_eq!(out, raw);
+        }
+
         #[test]
         fn any_bytes_give_valid_json(raw in proptest::collection::vec(any::<u8>(), 0..64)) {
             let mut out = Vec::new();
