@@ -312,7 +312,11 @@ mod tests {
         good: impl Strategy<Value = T>,
         string: bool,
     ) -> impl Strategy<Value = Field<T>> {
-        let other_type = if string { serde_json::json!(7) } else { serde_json::json!("7") };
+        let other_type = if string {
+            serde_json::json!(7)
+        } else {
+            serde_json::json!("7")
+        };
         prop_oneof![
             2 => Just(Field::Absent),
             5 => good.prop_map(Field::Good),

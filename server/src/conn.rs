@@ -175,6 +175,14 @@ impl Conn {
         self.state.get() == State::Gone
     }
 
+    /// Takes every queued frame (unit tests look at what a connection was sent).
+    #[cfg(test)]
+    pub fn take_queued(&self) -> Vec<Bytes> {
+        let mut frames = Vec::new();
+        self.out.borrow_mut().drain_into(&mut frames, usize::MAX);
+        frames
+    }
+
     /// Waits until the writer task has ended.
     pub async fn writer_done(&self) {
         self.writer_finished.wait().await

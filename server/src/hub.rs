@@ -250,3 +250,168 @@ fn fan_out(subs: &mut [Sub], id: StreamId, frame: &Bytes) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The handover from history to live, made deterministic: which path a
+    //! subscriber takes no longer depends on which core it landed on.
+    use super::*;
+    use feedgate_core::config::Limits;
+    use feedgate_core::frame;
+
+    fn conn(id: u64) -> Rc<Conn> {
+        Rc::new(Conn::new(id, -1, &Limits::default()))
+    }
+
+    fn entry(ms: u64) -> Entry {
+        Entry {
+            id: StreamId::new(ms, 0),
+            fields: vec![(Bytes::from_static(b"data"), Bytes::from(ms.to_string()))],
+        }
+    }
+
+    /// The ids of the stream deliveries queued for `conn`, in order.
+    fn sent_ids(conn: &Conn) -> Vec<u64> {
+        conn.take_queued()
+            .iter()
+            .map(|f| {
+                let body: serde_json::Value = serde_json::from_slice(frame::body(f)).unwrap();
+                body["id"].as_str().unwrap().split('-').next().unwrap().parse().unwrap()
+            })
+            .collect()
+    }
+
+    fn deliver(hub: &mut Hub, ids: &[u64]) {
+        let entries: Vec<Entry> = ids.iter().map(|&ms| entry(ms)).collect();
+        hub.deliver_stream("s", &entries, &mut FrameBuilder::new());
+    }
+
+    #[test]
+    fn the_first_subscriber_sets_up_and_later_ones_wait_for_it() {
+        let mut hub = Hub::default();
+        let (a, b) = (conn(1), conn(2));
+        assert!(matches!(hub.join("s", Source::Stream, &a).1, Joined::First(_)));
+        let Joined::Wait(event) = hub.join("s", Source::Stream, &b).1 else {
+            panic!("a concurrent first subscriber waits");
+        };
+        assert!(!event.is_set());
+        assert_eq!(hub.joined_at("s", 1), None, "no position before the channel is live");
+        hub.set_live("s", StreamId::new(5, 0));
+        assert!(event.is_set());
+        assert_eq!(hub.joined_at("s", 1), Some(StreamId::new(5, 0)));
+        assert_eq!(hub.joined_at("s", 2), Some(StreamId::new(5, 0)));
+        // Entries at or before the cursor were read before the channel went live.
+        deliver(&mut hub, &[4, 5, 6]);
+        hub.release("s", 1, Some(StreamId::new(5, 0)));
+        hub.release("s", 2, Some(StreamId::new(5, 0)));
+        assert_eq!(sent_ids(&a), [6]);
+        assert_eq!(sent_ids(&b), [6]);
+    }
+
+    #[test]
+    fn joining_a_live_channel_starts_at_its_cursor_and_holds_frames_until_released() {
+        let mut hub = Hub::default();
+        let (a, b) = (conn(1), conn(2));
+        hub.join("s", Source::Stream, &a);
+        hub.set_live("s", StreamId::new(1, 0));
+        hub.release("s", 1, Some(StreamId::new(1, 0)));
+        deliver(&mut hub, &[2, 3]);
+        assert!(matches!(hub.join("s", Source::Stream, &b).1, Joined::Live));
+        assert_eq!(hub.joined_at("s", 2), Some(StreamId::new(3, 0)));
+        deliver(&mut hub, &[4, 5]);
+        assert!(sent_ids(&b).is_empty(), "held while b's reply and history go out");
+        // History up to 4 was sent by the replay: held frames after it only.
+        hub.release("s", 2, Some(StreamId::new(4, 0)));
+        assert_eq!(sent_ids(&b), [5]);
+        deliver(&mut hub, &[6]);
+        assert_eq!(sent_ids(&b), [6]);
+        assert_eq!(sent_ids(&a), [2, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn a_since_ahead_of_the_cursor_skips_live_ids_already_sent() {
+        let mut hub = Hub::default();
+        let a = conn(1);
+        hub.join("s", Source::Stream, &a);
+        hub.set_live("s", StreamId::new(10, 0));
+        // The replay sent history through id 12, past the core's cursor.
+        hub.release("s", 1, Some(StreamId::new(12, 0)));
+        deliver(&mut hub, &[11, 12, 13, 14]);
+        assert_eq!(sent_ids(&a), [13, 14], "never twice, never skipped");
+    }
+
+    #[test]
+    fn held_frames_over_the_queue_limit_close_with_4008() {
+        let mut hub = Hub::default();
+        let limits = Limits {
+            outbound_queue_bytes: 1000,
+            ..Limits::default()
+        };
+        let a = Rc::new(Conn::new(1, -1, &limits));
+        hub.join("s", Source::Stream, &a);
+        hub.set_live("s", StreamId::ZERO);
+        let big = Entry {
+            id: StreamId::new(1, 0),
+            fields: vec![(Bytes::from_static(b"data"), Bytes::from(vec![b'1'; 600]))],
+        };
+        let mut frames = FrameBuilder::new();
+        hub.deliver_stream("s", std::slice::from_ref(&big), &mut frames);
+        assert!(a.is_open(), "600 bytes held fit");
+        let bigger = Entry {
+            id: StreamId::new(2, 0),
+            ..big
+        };
+        hub.deliver_stream("s", &[bigger], &mut frames);
+        assert!(!a.is_open(), "over the limit while held");
+        let queued = a.take_queued();
+        assert_eq!(queued.len(), 1, "only the close frame");
+        assert_eq!(&frame::body(&queued[0])[..2], &4008u16.to_be_bytes());
+    }
+
+    #[test]
+    fn a_failed_setup_wakes_its_waiters_and_leaves_nothing() {
+        let mut hub = Hub::default();
+        let (a, b) = (conn(1), conn(2));
+        hub.join("s", Source::Stream, &a);
+        let Joined::Wait(event) = hub.join("s", Source::Stream, &b).1 else {
+            panic!("waits");
+        };
+        hub.fail("s");
+        assert!(event.is_set());
+        assert!(!hub.is_live("s"));
+        assert!(hub.stream_cursors().is_empty());
+        assert!(hub.leave("s", 1).is_none(), "already gone");
+    }
+
+    #[test]
+    fn the_last_subscriber_leaving_removes_the_channel() {
+        let mut hub = Hub::default();
+        let (a, b) = (conn(1), conn(2));
+        hub.join("s", Source::Stream, &a);
+        hub.join("s", Source::Stream, &b);
+        hub.set_live("s", StreamId::new(3, 0));
+        assert_eq!(hub.stream_cursors(), vec![(Rc::from("s"), StreamId::new(3, 0))]);
+        assert!(hub.leave("s", 1).is_none());
+        let gone = hub.leave("s", 2).expect("the last one leaving returns the channel");
+        assert_eq!(gone.source, Source::Stream);
+        assert!(hub.stream_cursors().is_empty(), "the reader no longer reads it");
+    }
+
+    #[test]
+    fn nothing_is_delivered_to_a_channel_still_starting() {
+        let mut hub = Hub::default();
+        let a = conn(1);
+        hub.join("s", Source::Stream, &a);
+        deliver(&mut hub, &[1]);
+        hub.set_live("s", StreamId::ZERO);
+        hub.release("s", 1, Some(StreamId::ZERO));
+        assert!(sent_ids(&a).is_empty(), "read again after the cursor is set");
+        hub.join("p", Source::Pubsub, &a);
+        hub.deliver_pubsub("p", b"{}", &mut FrameBuilder::new());
+        hub.set_live("p", StreamId::ZERO);
+        hub.release("p", 1, None);
+        assert!(a.take_queued().is_empty());
+        hub.deliver_pubsub("p", b"{}", &mut FrameBuilder::new());
+        assert_eq!(a.take_queued().len(), 1);
+    }
+}

@@ -118,3 +118,33 @@ impl Drop for SlotGuard<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::rc::Rc;
+
+    #[monoio::test_all(timer_enabled = true)]
+    async fn slots_admit_n_holders_and_the_rest_in_turn() {
+        let slots = Rc::new(Slots::new(2));
+        let order = Rc::new(RefCell::new(Vec::new()));
+        let gate = Rc::new(Event::default());
+        let mut tasks = Vec::new();
+        for i in 0..5 {
+            let (slots, order, gate) = (slots.clone(), order.clone(), gate.clone());
+            tasks.push(monoio::spawn(async move {
+                let _slot = slots.acquire().await;
+                order.borrow_mut().push(i);
+                gate.wait().await;
+            }));
+        }
+        monoio::time::sleep(std::time::Duration::from_millis(10)).await;
+        assert_eq!(order.borrow().len(), 2, "two holders at once, three waiting");
+        gate.set();
+        for task in tasks {
+            task.await;
+        }
+        assert_eq!(*order.borrow(), vec![0, 1, 2, 3, 4], "the waiters, in turn");
+        assert_eq!(slots.free.get(), 2, "every slot returned");
+    }
+}
