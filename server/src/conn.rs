@@ -19,7 +19,8 @@ use monoio::io::AsyncWriteRent;
 use crate::notify::{Event, Notify};
 use crate::writev::{self, Frames, MAX_IOVECS};
 
-/// How long a closing connection waits for the client's close handshake.
+/// How long a closing connection waits for the client's close handshake once
+/// the client has read everything sent to it.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// RFC 6455 and PROTOCOL.md close codes the server sends.
@@ -64,6 +65,9 @@ pub struct Conn {
     /// How long a closing connection may go without the writer moving a byte:
     /// the pong timeout, the time any client may stay unresponsive.
     stuck_limit: Duration,
+    /// Once the close frame is in the kernel: the bytes the client had not read
+    /// yet at the last look, and when that last changed.
+    linger: Cell<Option<(usize, Instant)>>,
     busy: Cell<bool>,
     last_seen: Cell<Instant>,
     /// Channels this connection holds.
@@ -85,6 +89,7 @@ impl Conn {
             closing_since: Cell::new(None),
             wrote: Cell::new(Instant::now()),
             stuck_limit: Duration::from_millis(limits.pong_timeout_ms).max(CLOSE_LINGER),
+            linger: Cell::new(None),
             busy: Cell::new(false),
             last_seen: Cell::new(Instant::now()),
             subs: RefCell::new(HashSet::new()),
@@ -196,6 +201,53 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// Ends a closing connection's socket when its client is done or stuck.
+    ///
+    /// Before the close frame is out, the writer may be blocked on a client that
+    /// stopped reading: once it has moved nothing for the pong timeout, the
+    /// socket is ended so the write fails and everything is freed. After it, the
+    /// client has `CLOSE_LINGER` to answer once it has read everything, and the
+    /// pong timeout to make any progress reading.
+    fn end_closing(&self, now: Instant, since: Instant) {
+        let Some((unsent, changed)) = self.linger.get() else {
+            if now.duration_since(since.max(self.wrote.get())) > self.stuck_limit {
+                self.cut_off();
+            }
+            return;
+        };
+        let left = unsent_bytes(self.fd);
+        if left != unsent {
+            self.linger.set(Some((left, now)));
+            return;
+        }
+        let quiet = now.duration_since(changed);
+        if (left == 0 && quiet >= CLOSE_LINGER) || quiet > self.stuck_limit {
+            self.cut_off();
+        }
+    }
+
+    /// Ends the connection from outside its tasks: the writer's wait and any
+    /// pending read or write end at once.
+    fn cut_off(&self) {
+        self.gone();
+        self.shutdown_socket();
+    }
+}
+
+/// Bytes written to socket `fd` that its peer has not acknowledged yet
+/// (`SIOCOUTQ`); 0 when the socket cannot say.
+fn unsent_bytes(fd: RawFd) -> usize {
+    let mut unsent: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int through the pointer given.
+    let rc = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut unsent) };
+    if rc == 0 {
+        usize::try_from(unsent).unwrap_or(0)
+    } else {
+        0
+    }
+}
+
 /// `shutdown(2)` on a socket; errors (already closed) do not matter here.
 pub fn shutdown(fd: RawFd, how: libc::c_int) {
     // SAFETY: shutdown on an fd this process owns has no memory effects; a
@@ -232,15 +284,16 @@ async fn write_until_done<W: AsyncWriteRent>(conn: &Conn, mut sink: W) {
         match conn.state.get() {
             State::Gone => return,
             State::Closing => {
-                // The close frame is out: half-close, then give the client a
-                // moment to answer before the reader is stopped.
+                // The close frame is out: half-close, then wait for the client's
+                // answer. The keepalive ends the wait (see `Conn::keepalive`):
+                // a fixed linger from here cut off slow clients still reading
+                // their backlog, whose pongs then met a closed socket and a RST
+                // that threw away the close frame before they read it.
                 shutdown(conn.fd, libc::SHUT_WR);
-                let _ = monoio::time::timeout(CLOSE_LINGER, async {
-                    while !conn.is_gone() {
-                        conn.wake.wait().await;
-                    }
-                })
-                .await;
+                conn.linger.set(Some((unsent_bytes(conn.fd), Instant::now())));
+                while !conn.is_gone() {
+                    conn.wake.wait().await;
+                }
                 conn.shutdown_socket();
                 return;
             }
@@ -254,12 +307,8 @@ impl Conn {
     /// `silence_limit` (it stopped answering pings).
     pub fn keepalive(&self, now: Instant, silence_limit: Duration, ping_due: bool) {
         if let Some(since) = self.closing_since.get() {
-            // The writer may be blocked on a client that stopped reading: once it
-            // has moved nothing for the pong timeout, end the socket so the
-            // write fails and everything is freed.
-            let idle_since = since.max(self.wrote.get());
-            if self.state.get() == State::Closing && now.duration_since(idle_since) > self.stuck_limit {
-                self.shutdown_socket();
+            if self.state.get() == State::Closing {
+                self.end_closing(now, since);
             }
             return;
         }

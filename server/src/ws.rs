@@ -38,7 +38,11 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, leftover: BytesMut, ticket
     tracing::debug!(conn = conn.id, "websocket open");
     let (rd, wr) = stream.into_split();
     monoio::spawn(run_writer(conn.clone(), wr));
-    if ticket.over_limit() {
+    // A refused connection stops counting at once: it is on its way out, and
+    // counting it through its close handshake would refuse the next client too.
+    let refused = ticket.over_limit();
+    let ticket = (!refused).then_some(ticket);
+    if refused {
         //= shared/PROTOCOL.md section 3
         //# 1013 | try again later: the server is at its connection limit
         conn.close(close_code::TRY_AGAIN_LATER, "server at its connection limit");
