@@ -106,6 +106,16 @@ mod tests {
     }
 
     #[test]
+    fn sources_are_named_as_in_the_configuration() {
+        for source in [Source::Stream, Source::Pubsub] {
+            assert_eq!(source.as_str().parse::<Source>(), Ok(source));
+        }
+        assert_eq!(Source::Pubsub.as_str(), "pubsub");
+        assert_eq!("stream".parse::<Source>(), Ok(Source::Stream));
+        assert!("kafka".parse::<Source>().unwrap_err().contains("kafka"));
+    }
+
+    #[test]
     fn longest_prefix_wins() {
         let ns = Namespaces::new(vec![
             Namespace {

@@ -157,8 +157,9 @@ impl std::str::FromStr for RedisUrl {
             Some((hp, db)) => (hp, db.parse().map_err(|_| format!("database `{db}` is not a number"))?),
             None => (rest, 0),
         };
+        // A bracketed IPv6 host may carry a port after its `]`, or none.
         let (host, port) = match hostport.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+            Some((h, p)) if !hostport.ends_with(']') => {
                 (h, p.parse().map_err(|_| format!("port `{p}` is not a number"))?)
             }
             _ => (hostport, 6379),
@@ -229,6 +230,10 @@ mod tests {
         assert_eq!((u.host.as_str(), u.port, u.db), ("localhost", 1, 2));
         let u: RedisUrl = "redis://:pw@h".parse().unwrap();
         assert_eq!((u.username, u.password, u.port), (None, Some("pw".into()), 6379));
+        let u: RedisUrl = "redis://[::1]:6391".parse().unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("::1", 6391));
+        let u: RedisUrl = "redis://[::1]".parse().unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("::1", 6379));
         assert!("http://x".parse::<RedisUrl>().is_err());
         assert!("redis://h:notaport".parse::<RedisUrl>().is_err());
         assert!("redis://h:1/x".parse::<RedisUrl>().is_err());

@@ -179,6 +179,27 @@ mod tests {
         assert_eq!(&f[..4], &[0x88, 9, 0x03, 0xF1]);
         assert_eq!(&f[4..], b"too big");
         assert!(close(1000, &"é".repeat(100)).len() <= 127);
+        // Cut at a character boundary: 61 two-byte characters fit in 123 bytes.
+        let cut = close(1000, &"é".repeat(100));
+        assert_eq!(cut.len(), 2 + 2 + 122);
+        assert!(std::str::from_utf8(&cut[4..]).is_ok());
+    }
+
+    #[test]
+    fn ping_and_pong_frames_carry_their_payload() {
+        assert_eq!(&ping(b"fg")[..], &[0x89, 2, b'f', b'g']);
+        assert_eq!(&pong(b"hi")[..], &[0x8A, 2, b'h', b'i']);
+        assert_eq!(&pong(b"")[..], &[0x8A, 0]);
+        // Control payloads are capped at 125 bytes (rfc6455 5.5).
+        let long = pong(&[b'x'; 200]);
+        assert_eq!(long[1], 125);
+        assert_eq!(long.len(), 127);
+    }
+
+    #[test]
+    fn pubsub_delivery_has_the_documented_layout() {
+        let f = FrameBuilder::new().pubsub_delivery("ps.hb", br#"{"ok":true}"#);
+        assert_eq!(body(&f), br#"{"ch":"ps.hb","data":{"ok":true}}"#);
     }
 
     /// The declared length and header size of frame `f`.
