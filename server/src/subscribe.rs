@@ -180,8 +180,9 @@ async fn subscribe_pubsub(
         Ok(())
     };
     until_live(core, name, joined, setup).await.map_err(|e| {
-        // A refusal says more than "unavailable": retrying will not help.
-        match core.redis.refusals.borrow().get(name) {
+        // A refusal says more than "unavailable": retrying will not help. It
+        // is taken, so none is kept once its subscribe has answered.
+        match core.redis.refusals.borrow_mut().remove(name) {
             Some(text) => ProtocolError::new(ErrorCode::Internal, format!("redis refused SUBSCRIBE {name}: {text}")),
             None => e,
         }
