@@ -4,6 +4,7 @@
 
 mod conn;
 mod dial;
+mod fanout;
 mod links;
 mod pubsub;
 mod streams;

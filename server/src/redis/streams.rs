@@ -11,11 +11,13 @@ use feedgate_core::{envelope, resp, ErrorCode};
 
 use crate::core::Core;
 use crate::redis::conn::{ConnOptions, LinkError, RespConn};
+use crate::redis::fanout::deliver_sliced;
 use crate::redis::links::{Link, LINK_BOUND};
 use crate::redis::supervisor::supervise;
 
-/// Entries read per stream per XREAD.
-const READ_COUNT: &[u8] = b"1000";
+/// Entries read per stream per XREAD. A reply is fanned out in slices
+/// (`fanout.rs`), so this bounds the reply's memory, not any client's queue.
+const READ_COUNT: &[u8] = b"512";
 /// Longest XREAD BLOCK: the reader re-issues its read at least this often, a
 /// safety net for a new channel whose unblock raced with the read.
 const BLOCK_MS: &[u8] = b"2000";
@@ -78,15 +80,7 @@ async fn read_loop(core: &Rc<Core>, conn: &Rc<RespConn>) -> LinkError {
             Err(e) => return e,
         };
         match resp::xread(reply) {
-            Ok(streams) => {
-                let mut hub = core.hub.borrow_mut();
-                let mut frames = core.frames.borrow_mut();
-                for (key, entries) in &streams {
-                    if let Some(name) = core.settings.channel_of(key) {
-                        hub.deliver_stream(name, entries, &mut frames);
-                    }
-                }
-            }
+            Ok(streams) => deliver_sliced(core, streams).await,
             Err(e) => {
                 // One bad key (not a stream) fails the whole XREAD: find it and
                 // drop its channel so the others keep flowing.
