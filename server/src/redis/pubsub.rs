@@ -1,5 +1,9 @@
 //! The core's pub/sub connection: SUBSCRIBE to the union of what local clients
 //! want, pushes fanned out through the hub, resubscribed after a reconnect.
+//!
+//! Every confirmation is checked against the hub: Redis keeps no subscription
+//! that no local client holds (a subscribe that timed out or left while its
+//! SUBSCRIBE was in flight is undone when the confirmation arrives).
 
 use std::rc::Rc;
 
@@ -86,6 +90,12 @@ fn answered(core: &Core, name: &str) -> bool {
     }
 }
 
+/// Whether a local client holds pub/sub channel `name` (live or being set up).
+fn held(core: &Core, name: &str) -> bool {
+    let hub = core.hub.borrow();
+    hub.is_live(name) || hub.channels_of(Source::Pubsub, false).iter().any(|n| &**n == name)
+}
+
 fn on_push(core: &Core, incoming: Incoming) {
     let push = match incoming {
         Incoming::Push(push) => push,
@@ -125,7 +135,14 @@ fn on_push(core: &Core, incoming: Incoming) {
             if !answered(core, name) {
                 return;
             }
-            core.hub.borrow_mut().set_live(name, StreamId::ZERO);
+            if held(core, name) {
+                core.hub.borrow_mut().set_live(name, StreamId::ZERO);
+            } else {
+                // Its subscribe gave up (timed out, or the client left) while
+                // the SUBSCRIBE was in flight: nobody here wants it.
+                tracing::debug!(channel = name, "undoing a subscription no local client holds");
+                unsubscribe(core, name);
+            }
         }
         Push::Unsubscribed { .. } | Push::Other => {}
     }
