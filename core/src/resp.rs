@@ -22,10 +22,19 @@ pub enum ReplyError {
     Shape(&'static str),
 }
 
-/// The byte stream from Redis is not RESP.
-#[derive(Debug, thiserror::Error)]
-#[error("RESP decode error: {0}")]
-pub struct DecodeError(String);
+/// The byte stream from Redis is not RESP, or breaks one of the decoder's bounds.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Bytes that are not RESP3 (or RESP2).
+    #[error("RESP decode error: {0}")]
+    Malformed(String),
+    /// Aggregates nested deeper than [`MAX_DEPTH`].
+    #[error("RESP frame nested deeper than {MAX_DEPTH} levels")]
+    TooDeep,
+    /// A frame, a string or a declared element count over its bound.
+    #[error("RESP frame too large: {0}")]
+    TooLarge(&'static str),
+}
 
 /// Appends `args` as one command (an array of blob strings).
 pub fn encode_command(out: &mut BytesMut, args: &[&[u8]]) {
@@ -44,14 +53,164 @@ pub fn encode_command(out: &mut BytesMut, args: &[&[u8]]) {
     let _ = extend_encode_borrowed(out, &frame, false);
 }
 
-/// Takes one complete reply off the front of `buf`, or `None` when more bytes
-/// are needed. The reply's strings share `buf`'s memory (no copy).
-pub fn decode(buf: &mut BytesMut) -> Result<Option<Reply>, DecodeError> {
-    match decode_bytes_mut(buf) {
-        Ok(Some((frame, _, _))) => Ok(Some(frame)),
-        Ok(None) => Ok(None),
-        Err(e) => Err(DecodeError(e.to_string())),
+/// Deepest nesting of aggregates (arrays, maps, sets, pushes) accepted. Redis
+/// replies nest a handful of levels; redis-protocol's decoder recurses once per
+/// level, so the bound also keeps a hostile peer from overflowing the stack.
+pub const MAX_DEPTH: usize = 64;
+/// Largest frame accepted (Redis's own `proto-max-bulk-len` default).
+pub const MAX_FRAME_BYTES: usize = 512 << 20;
+/// Largest element count one aggregate may declare.
+pub const MAX_ELEMENTS: u64 = 1 << 24;
+/// Longest header or simple-string line.
+const MAX_LINE: usize = 64 << 10;
+
+/// Takes replies off a growing buffer, keeping its place in a partial reply.
+///
+/// redis-protocol's decoder parses a frame from its first byte and gives up
+/// when it is incomplete, so feeding it after every read re-parses a large
+/// reply once per read: quadratic in the reply's size. This decoder first
+/// scans the RESP structure iteratively (no recursion, bounded depth and
+/// sizes), remembering how far the scan got between reads, and hands the frame
+/// to redis-protocol once, when it is complete.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    /// Offset of the next element header to scan; everything before it
+    /// belongs to complete elements of the current frame.
+    pos: usize,
+    /// Elements still expected by each open aggregate, innermost last.
+    open: Vec<u64>,
+}
+
+impl Decoder {
+    /// A decoder at the start of a frame.
+    pub fn new() -> Self {
+        Self::default()
     }
+
+    /// Takes one complete reply off the front of `buf`, or `None` when more
+    /// bytes are needed. Call again with the same buffer, grown at its end.
+    /// The reply's strings share `buf`'s memory (no copy).
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Reply>, DecodeError> {
+        let Some(len) = self.scan(buf)? else {
+            return Ok(None);
+        };
+        *self = Self::default();
+        match decode_bytes_mut(buf) {
+            Ok(Some((frame, used, _))) if used == len => Ok(Some(frame)),
+            Ok(Some((_, used, _))) => Err(DecodeError::Malformed(format!(
+                "scanned a {len}-byte frame, decoded {used} bytes"
+            ))),
+            Ok(None) => Err(DecodeError::Malformed(format!(
+                "scanned a complete {len}-byte frame the decoder finds incomplete"
+            ))),
+            Err(e) => Err(DecodeError::Malformed(e.to_string())),
+        }
+    }
+
+    /// Scans from where the last call stopped; `Some(len)` once the first
+    /// frame of `buf` is complete. Hot path on large replies: each byte of a
+    /// header is looked at once, a blob string's body not at all.
+    fn scan(&mut self, buf: &[u8]) -> Result<Option<usize>, DecodeError> {
+        loop {
+            if self.pos > MAX_FRAME_BYTES {
+                return Err(DecodeError::TooLarge("frame over 512 MiB"));
+            }
+            let rest = &buf[self.pos..];
+            let Some(&kind) = rest.first() else {
+                return Ok(None);
+            };
+            let Some(eol) = find_crlf(&rest[1..]) else {
+                if rest.len() > MAX_LINE {
+                    return Err(DecodeError::TooLarge("line over 64 KiB"));
+                }
+                return Ok(None);
+            };
+            let line = &rest[1..1 + eol];
+            let body = self.pos + 1 + eol + 2;
+            let mut children = 0u64;
+            let next = match kind {
+                b'+' | b'-' | b':' | b',' | b'(' | b'#' | b'_' => body,
+                b'$' | b'!' | b'=' => {
+                    let n = usize::try_from(length(line)?).map_err(|_| DecodeError::TooLarge("blob length"))?;
+                    if n > MAX_FRAME_BYTES {
+                        return Err(DecodeError::TooLarge("blob over 512 MiB"));
+                    }
+                    let end = body + n;
+                    if buf.len() < end + 2 {
+                        // Stay at the header: it is re-read (a few bytes) once
+                        // more bytes came, the body never is.
+                        return Ok(None);
+                    }
+                    if &buf[end..end + 2] != b"\r\n" {
+                        return Err(DecodeError::Malformed("blob without CRLF".into()));
+                    }
+                    end + 2
+                }
+                b'*' | b'~' | b'>' | b'%' | b'|' => {
+                    let n = length(line)?;
+                    if n > MAX_ELEMENTS {
+                        return Err(DecodeError::TooLarge("aggregate length"));
+                    }
+                    children = match kind {
+                        b'%' => 2 * n,
+                        // An attribute's pairs come before the frame they describe.
+                        b'|' => 2 * n + 1,
+                        _ => n,
+                    };
+                    body
+                }
+                other => {
+                    return Err(DecodeError::Malformed(format!(
+                        "unexpected type byte {:?}",
+                        char::from(other)
+                    )))
+                }
+            };
+            self.pos = next;
+            if children > 0 {
+                if self.open.len() >= MAX_DEPTH {
+                    return Err(DecodeError::TooDeep);
+                }
+                self.open.push(children);
+                continue;
+            }
+            // One element is complete: close every aggregate it completes.
+            loop {
+                match self.open.last_mut() {
+                    None => return Ok(Some(self.pos)),
+                    Some(left) if *left > 1 => {
+                        *left -= 1;
+                        break;
+                    }
+                    Some(_) => {
+                        self.open.pop();
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn find_crlf(bytes: &[u8]) -> Option<usize> {
+    let limit = bytes.len().min(MAX_LINE + 1);
+    bytes[..limit].windows(2).position(|w| w == b"\r\n")
+}
+
+/// A header's length. RESP2 nulls (`-1`) and RESP3 streamed aggregates (`?`)
+/// are refused, as redis-protocol's RESP3 decoder refuses them: feedgate
+/// speaks RESP3 (`HELLO 3`), where Redis sends neither.
+fn length(line: &[u8]) -> Result<u64, DecodeError> {
+    std::str::from_utf8(line)
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .ok_or_else(|| DecodeError::Malformed(format!("bad length {:?}", String::from_utf8_lossy(line))))
+}
+
+/// Takes one complete reply off the front of `buf`, or `None` when more bytes
+/// are needed. One-shot: a reader that calls again as bytes arrive should keep
+/// a [`Decoder`], which does not re-scan what it has seen.
+pub fn decode(buf: &mut BytesMut) -> Result<Option<Reply>, DecodeError> {
+    Decoder::new().decode(buf)
 }
 
 /// The text of an error reply, if `frame` is one.
@@ -340,5 +499,100 @@ mod tests {
         assert_eq!(info.entries_added, 5);
         assert_eq!(info.first_entry, Some(StreamId::new(4, 0)));
         assert_eq!(info.last_generated_id, StreamId::new(5, 0));
+    }
+
+    /// Feeds `raw` in pieces of `step` bytes; returns the frames decoded.
+    fn feed(raw: &[u8], step: usize) -> Result<Vec<Reply>, DecodeError> {
+        let mut decoder = Decoder::new();
+        let mut buf = BytesMut::new();
+        let mut frames = Vec::new();
+        for piece in raw.chunks(step) {
+            buf.extend_from_slice(piece);
+            while let Some(frame) = decoder.decode(&mut buf)? {
+                frames.push(frame);
+            }
+        }
+        assert!(buf.is_empty(), "{} bytes left undecoded", buf.len());
+        Ok(frames)
+    }
+
+    #[test]
+    fn decodes_frames_split_at_every_byte() {
+        let raw: &[u8] = b"%1\r\n$1\r\ns\r\n*2\r\n*2\r\n$3\r\n1-0\r\n*2\r\n$4\r\ndata\r\n$1\r\n1\r\n*2\r\n$3\r\n2-5\r\n*0\r\n>3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n+OK\r\n_\r\n$0\r\n\r\n~0\r\n:12\r\n";
+        let whole = feed(raw, raw.len()).unwrap();
+        assert_eq!(whole.len(), 7);
+        for step in 1..raw.len() {
+            assert_eq!(feed(raw, step).unwrap(), whole, "split every {step} bytes");
+        }
+        assert_eq!(xread(whole[0].clone()).unwrap()[0].1[1].id, StreamId::new(2, 5));
+    }
+
+    #[test]
+    fn keeps_its_place_in_a_partial_frame() {
+        let mut raw = b"*1000\r\n".to_vec();
+        for i in 0..1000 {
+            raw.extend_from_slice(format!("$4\r\n{i:04}\r\n").as_bytes());
+        }
+        let mut decoder = Decoder::new();
+        let mut buf = BytesMut::from(&raw[..raw.len() / 2]);
+        assert!(decoder.decode(&mut buf).unwrap().is_none());
+        assert!(decoder.pos > raw.len() / 2 - 16, "scan stopped at {}", decoder.pos);
+        assert_eq!(buf.len(), raw.len() / 2, "nothing consumed until complete");
+        buf.extend_from_slice(&raw[raw.len() / 2..]);
+        let Some(Reply::Array { data, .. }) = decoder.decode(&mut buf).unwrap() else {
+            panic!("expected the array")
+        };
+        assert_eq!(data.len(), 1000);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn refuses_nesting_past_the_depth_bound() {
+        let ok = format!("{}:1\r\n", "*1\r\n".repeat(MAX_DEPTH));
+        assert!(feed(ok.as_bytes(), 7).unwrap().len() == 1);
+        // Far deeper than any stack would take if decoded recursively.
+        let deep = "*1\r\n".repeat(1_000_000);
+        let mut buf = BytesMut::from(deep.as_bytes());
+        assert_eq!(Decoder::new().decode(&mut buf), Err(DecodeError::TooDeep));
+        let mut buf = BytesMut::from(format!("{}:1\r\n", "*1\r\n".repeat(MAX_DEPTH + 1)).as_bytes());
+        assert_eq!(Decoder::new().decode(&mut buf), Err(DecodeError::TooDeep));
+    }
+
+    #[test]
+    fn refuses_declared_sizes_past_their_bounds_without_allocating() {
+        for raw in [
+            "$600000000\r\n".to_owned(),
+            format!("*{}\r\n", MAX_ELEMENTS + 1),
+            format!("%{}\r\n", u64::MAX),
+            format!("+{}", "x".repeat(MAX_LINE + 10)),
+        ] {
+            let mut buf = BytesMut::from(raw.as_bytes());
+            assert!(
+                matches!(Decoder::new().decode(&mut buf), Err(DecodeError::TooLarge(_))),
+                "{:.40}",
+                raw
+            );
+        }
+        // A declared length within bounds but not (yet) present is just incomplete.
+        let mut buf = BytesMut::from(&b"*16000000\r\n:1\r\n"[..]);
+        assert_eq!(Decoder::new().decode(&mut buf), Ok(None));
+    }
+
+    #[test]
+    fn refuses_bytes_that_are_not_resp() {
+        for raw in [
+            &b"hello\r\n"[..],
+            b"$3\r\nabcd\r\n",
+            b"*x\r\n",
+            b"$?\r\n",
+            b"$-1\r\n",
+            b"*-1\r\n",
+        ] {
+            let mut buf = BytesMut::from(raw);
+            assert!(
+                matches!(Decoder::new().decode(&mut buf), Err(DecodeError::Malformed(_))),
+                "{raw:?}"
+            );
+        }
     }
 }

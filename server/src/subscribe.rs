@@ -27,6 +27,11 @@ use crate::redis::{self, LinkError, RespConn};
 /// How long setting up a channel (SUBSCRIBE confirmed, first stream position)
 /// may take before the subscribe answers `unavailable`.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a pub/sub channel's SUBSCRIBE may wait for Redis to confirm it. A
+/// healthy Redis confirms at once, and a link that leaves a command unanswered
+/// longer than its bound (3 s) is replaced anyway, so waiting past that bound
+/// gains nothing.
+const PUBSUB_SETUP_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one Redis command of a subscribe may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -181,14 +186,19 @@ async fn subscribe_pubsub(
         }
         // Redis confirms with a push; the push handler marks the channel live.
         if let Some(event) = event {
-            event.wait().await;
+            if monoio::time::timeout(PUBSUB_SETUP_TIMEOUT, event.wait()).await.is_err() {
+                // The SUBSCRIBE stays in flight: if Redis confirms it later,
+                // the push handler finds no local holder and undoes it.
+                return Err(too_slow());
+            }
         }
         Ok(())
     };
     until_live(core, name, joined, setup).await.map_err(|e| {
-        // A refusal says more than "unavailable": retrying will not help.
-        // Redis's text (it may name the ACL user) was logged when it came.
-        match core.redis.refusals.borrow().get(name) {
+        // A refusal says more than "unavailable": retrying will not help. It
+        // is taken, so none is kept once its subscribe has answered. Redis's
+        // text (it may name the ACL user) was logged when it came.
+        match core.redis.refusals.borrow_mut().remove(name) {
             Some(_) => ProtocolError::new(
                 ErrorCode::Internal,
                 format!("redis refused SUBSCRIBE for {name}; see the server log"),

@@ -1,23 +1,53 @@
-//! A core's Redis links and the supervisors that keep them up, reconnecting
-//! with backoff when Redis goes away.
+//! A core's Redis links: a command pool, a pub/sub connection and a stream
+//! reader, each kept up by the supervisor, and whether all of them are up.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::fmt;
 use std::rc::Rc;
-use std::time::Duration;
 
 use crate::core::Core;
 use crate::redis::conn::RespConn;
-use crate::redis::{pubsub, streams};
+use crate::redis::{pubsub, streams, supervisor};
 
 /// Connections in a core's command pool (replays, positions, unblocks).
 const POOL_SIZE: usize = 2;
+
+/// One of a core's links.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Link {
+    Pool(usize),
+    Pubsub,
+    Reader,
+}
+
+impl Link {
+    fn index(self) -> usize {
+        match self {
+            Link::Pool(i) => i,
+            Link::Pubsub => POOL_SIZE,
+            Link::Reader => POOL_SIZE + 1,
+        }
+    }
+}
+
+impl fmt::Display for Link {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Link::Pool(i) => write!(f, "command pool {i}"),
+            Link::Pubsub => f.write_str("pub/sub"),
+            Link::Reader => f.write_str("stream reader"),
+        }
+    }
+}
 
 /// A core's Redis links.
 #[derive(Default)]
 pub struct Links {
     pool: RefCell<Vec<Rc<RespConn>>>,
     next: Cell<usize>,
+    /// Which links are up (connected and answering within their bound).
+    up: [Cell<bool>; POOL_SIZE + 2],
     pub(super) pubsub: RefCell<Option<Rc<RespConn>>>,
     /// `CLIENT ID` of the stream reader's connection while it is up.
     pub(super) reader_id: Cell<Option<i64>>,
@@ -26,9 +56,10 @@ pub struct Links {
     /// The generation the reader's in-flight XREAD was built from.
     pub(super) reader_gen: Cell<u64>,
     pub(super) streams_changed: crate::notify::Notify,
-    /// SUBSCRIBEs sent per channel and not confirmed yet.
+    /// SUBSCRIBEs sent per channel and not answered yet (cleared with the link).
     pub(super) unconfirmed: RefCell<HashMap<Rc<str>, u32>>,
-    /// Why Redis refused the last SUBSCRIBE of a channel, until it is tried again.
+    /// Why Redis refused the SUBSCRIBE of a channel being set up; taken by the
+    /// subscribe that waits for it.
     pub refusals: RefCell<HashMap<Rc<str>, String>>,
 }
 
@@ -49,55 +80,46 @@ impl Links {
         self.pubsub.borrow().clone()
     }
 
-    /// Whether every link is up.
+    /// Whether every link is up. A link that stops answering is taken down by
+    /// its watchdog within its bound, so "up" means "answered lately".
     pub fn is_ready(&self) -> bool {
-        !self.pool.borrow().is_empty() && self.pubsub.borrow().is_some() && self.reader_id.get().is_some()
-    }
-}
-
-/// Doubling delay between reconnect attempts, 50 ms up to 2 s.
-pub(super) struct Backoff(Duration);
-
-impl Backoff {
-    pub(super) fn new() -> Self {
-        Self(Duration::from_millis(50))
+        self.up.iter().all(Cell::get)
     }
 
-    pub(super) fn reset(&mut self) {
-        self.0 = Duration::from_millis(50);
-    }
-
-    pub(super) async fn wait(&mut self) {
-        monoio::time::sleep(self.0).await;
-        self.0 = (self.0 * 2).min(Duration::from_secs(2));
+    pub(super) fn set_up(&self, link: Link, up: bool) {
+        self.up[link.index()].set(up);
     }
 }
 
 /// Starts the core's link supervisors.
 pub fn start(core: &Rc<Core>) {
-    for _ in 0..POOL_SIZE {
-        monoio::spawn(supervise_pool(core.clone()));
+    for i in 0..POOL_SIZE {
+        let c = core.clone();
+        monoio::spawn(supervisor::supervise(core.clone(), Link::Pool(i), plain, move |conn| {
+            pool_session(c.clone(), conn)
+        }));
     }
-    monoio::spawn(pubsub::supervise(core.clone()));
-    monoio::spawn(streams::run_reader(core.clone()));
+    monoio::spawn(pubsub::run(core.clone()));
+    monoio::spawn(streams::run(core.clone()));
 }
 
-async fn supervise_pool(core: Rc<Core>) {
-    let mut backoff = Backoff::new();
-    while !core.shutdown.is_set() {
-        let settings = &core.settings;
-        match RespConn::connect(settings.redis_addr, &settings.redis, None).await {
-            Ok(conn) => {
-                backoff.reset();
-                core.redis.pool.borrow_mut().push(conn.clone());
-                core.update_readiness();
-                conn.closed().await;
-                core.redis.pool.borrow_mut().retain(|c| !Rc::ptr_eq(c, &conn));
-                core.update_readiness();
-                tracing::warn!("redis command connection lost; reconnecting");
-            }
-            Err(e) => tracing::debug!(error = %e, "redis command connection failed"),
-        }
-        backoff.wait().await;
+/// Options of a connection that takes no pushes: pinged when idle, down after
+/// [`LINK_BOUND`] without an answer.
+pub(super) fn plain() -> crate::redis::conn::ConnOptions {
+    crate::redis::conn::ConnOptions {
+        on_push: None,
+        stall_after: LINK_BOUND,
+        ping: true,
     }
+}
+
+/// How long a pool or pub/sub connection may leave a command unanswered, with
+/// no byte heard, before it is replaced: `/readyz` turns 503 within this plus
+/// [`crate::redis::conn::PING_AFTER`] and the watchdog's tick.
+pub(super) const LINK_BOUND: std::time::Duration = std::time::Duration::from_secs(3);
+
+async fn pool_session(core: Rc<Core>, conn: Rc<RespConn>) {
+    core.redis.pool.borrow_mut().push(conn.clone());
+    conn.closed().await;
+    core.redis.pool.borrow_mut().retain(|c| !Rc::ptr_eq(c, &conn));
 }

@@ -1,10 +1,14 @@
-//! Talking to Redis: one RESP3 connection type and the per-core links built
-//! on it (a command pool, a pub/sub connection, a stream reader).
+//! Talking to Redis: one RESP3 connection type, the dialer that opens its
+//! socket, the supervisor that keeps each link up, and the per-core links built
+//! on them (a command pool, a pub/sub connection, a stream reader).
 
 mod conn;
+mod dial;
+mod fanout;
 mod links;
 mod pubsub;
 mod streams;
+mod supervisor;
 
 pub use conn::{LinkError, RespConn};
 pub use links::{start, Links};

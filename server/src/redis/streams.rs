@@ -10,46 +10,53 @@ use feedgate_core::replay::nothing_trimmed_after;
 use feedgate_core::{envelope, resp, ErrorCode};
 
 use crate::core::Core;
-use crate::redis::conn::{LinkError, RespConn};
-use crate::redis::links::Backoff;
+use crate::redis::conn::{ConnOptions, LinkError, RespConn};
+use crate::redis::fanout::deliver_sliced;
+use crate::redis::links::{Link, LINK_BOUND};
+use crate::redis::supervisor::supervise;
 
-/// Entries read per stream per XREAD.
-const READ_COUNT: &[u8] = b"1000";
+/// Entries read per stream per XREAD. A reply is fanned out in slices
+/// (`fanout.rs`), so this bounds the reply's memory, not any client's queue.
+const READ_COUNT: &[u8] = b"512";
 /// Longest XREAD BLOCK: the reader re-issues its read at least this often, a
 /// safety net for a new channel whose unblock raced with the read.
 const BLOCK_MS: &[u8] = b"2000";
-/// How long an XREAD may take in all: its BLOCK plus a generous margin.
-const READ_DEADLINE: Duration = Duration::from_millis(2000 + 5000);
+/// An XREAD may take its BLOCK plus the link bound with nothing heard before
+/// the link is taken down (a Redis that keeps the socket open but stops
+/// answering would otherwise stall delivery silently).
+const READ_BOUND: Duration = Duration::from_millis(2000).saturating_add(LINK_BOUND);
 
-pub(super) async fn run_reader(core: Rc<Core>) {
-    let mut backoff = Backoff::new();
-    while !core.shutdown.is_set() {
-        let settings = &core.settings;
-        match RespConn::connect(settings.redis_addr, &settings.redis, None).await {
-            Ok(conn) => {
-                match conn
-                    .call(&[b"CLIENT", b"ID"])
-                    .await
-                    .and_then(|r| Ok(resp::integer(&r)?))
-                {
-                    Ok(id) => {
-                        backoff.reset();
-                        core.redis.reader_id.set(Some(id));
-                        core.update_readiness();
-                        drop_trimmed_past_cursor(&core, &conn).await;
-                        let result = read_loop(&core, &conn).await;
-                        tracing::warn!(reason = %result, "redis stream reader lost; reconnecting");
-                        core.redis.reader_id.set(None);
-                        core.update_readiness();
-                    }
-                    Err(e) => tracing::warn!(error = %e, "CLIENT ID failed"),
-                }
-                conn.kill();
-            }
-            Err(e) => tracing::debug!(error = %e, "redis stream reader connection failed"),
+/// Keeps the core's stream reader up.
+pub(super) async fn run(core: Rc<Core>) {
+    let options = || ConnOptions {
+        on_push: None,
+        stall_after: READ_BOUND,
+        ping: true,
+    };
+    let session_core = core.clone();
+    supervise(core, Link::Reader, options, move |conn| {
+        session(session_core.clone(), conn)
+    })
+    .await
+}
+
+async fn session(core: Rc<Core>, conn: Rc<RespConn>) {
+    let id = match conn
+        .call(&[b"CLIENT", b"ID"])
+        .await
+        .and_then(|r| Ok(resp::integer(&r)?))
+    {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::warn!(error = %e, "CLIENT ID failed");
+            return;
         }
-        backoff.wait().await;
-    }
+    };
+    core.redis.reader_id.set(Some(id));
+    drop_trimmed_past_cursor(&core, &conn).await;
+    let result = read_loop(&core, &conn).await;
+    tracing::warn!(reason = %result, "redis stream reader stopped");
+    core.redis.reader_id.set(None);
 }
 
 async fn read_loop(core: &Rc<Core>, conn: &Rc<RespConn>) -> LinkError {
@@ -67,27 +74,13 @@ async fn read_loop(core: &Rc<Core>, conn: &Rc<RespConn>) -> LinkError {
         let mut args: Vec<&[u8]> = vec![b"XREAD", b"COUNT", READ_COUNT, b"BLOCK", BLOCK_MS, b"STREAMS"];
         args.extend(keys.iter().map(Vec::as_slice));
         args.extend(ids.iter().map(String::as_bytes));
-        // A Redis that keeps the socket open but stops answering would stall
-        // delivery silently: an XREAD that outlives its BLOCK by this much takes
-        // the link down, so it reconnects and /readyz says 503 meanwhile.
-        let reply = match monoio::time::timeout(READ_DEADLINE, conn.call(&args)).await {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(e)) => return e,
-            Err(_) => {
-                tracing::warn!("redis did not answer XREAD in time");
-                return LinkError::Down;
-            }
+        // The connection's watchdog bounds this wait (READ_BOUND).
+        let reply = match conn.call(&args).await {
+            Ok(reply) => reply,
+            Err(e) => return e,
         };
         match resp::xread(reply) {
-            Ok(streams) => {
-                let mut hub = core.hub.borrow_mut();
-                let mut frames = core.frames.borrow_mut();
-                for (key, entries) in &streams {
-                    if let Some(name) = core.settings.channel_of(key) {
-                        hub.deliver_stream(name, entries, &mut frames);
-                    }
-                }
-            }
+            Ok(streams) => deliver_sliced(core, streams).await,
             Err(e) => {
                 // One bad key (not a stream) fails the whole XREAD: find it and
                 // drop its channel so the others keep flowing.

@@ -1550,3 +1550,121 @@ pub fn try_rss_kib(pid: u32) -> Option<u64> {
     let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
     line.trim().trim_end_matches("kB").trim().parse().ok()
 }
+
+// ---------------------------------------------------------------------------
+// Redis faults: processes stopped, descriptors counted, sockets inspected
+// ---------------------------------------------------------------------------
+
+impl Redis {
+    /// The redis-server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("redis is running").id()
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, ...) to the redis-server process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args(["-s", signal, &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -s {signal} redis-server failed");
+    }
+
+    /// A connection whose reads wait up to `timeout` (a Redis that is stopped
+    /// for a while then answers late instead of failing the call).
+    pub fn conn_with_timeout(&self, timeout: Duration) -> redis::Connection {
+        let con = self.conn();
+        con.set_read_timeout(Some(timeout)).expect("set redis read timeout");
+        con.set_write_timeout(Some(timeout)).expect("set redis write timeout");
+        con
+    }
+}
+
+impl FeedgateBuilder {
+    /// Starts feedgate and waits only until `/healthz` answers: for a Redis
+    /// that cannot be reached, where `/readyz` never turns 200.
+    pub fn start_unready(self) -> Feedgate {
+        let dir = TempDir::new("feedgate");
+        let port = self.port.unwrap_or_else(free_port);
+        let child = self.spawn(port, &dir);
+        let mut fg = Feedgate {
+            child: Some(child),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            dir,
+        };
+        let addr = fg.addr;
+        let child = fg.child.as_mut().expect("running");
+        let what = format!("feedgate at {addr} to answer /healthz");
+        if wait_ready_or_exit(
+            child,
+            &what,
+            || matches!(http_get(addr, "/healthz"), Ok(r) if r.status == 200),
+        )
+        .is_err()
+        {
+            fg.child = None;
+            panic!("feedgate exited during startup; stderr:\n{}", fg.stderr());
+        }
+        fg
+    }
+}
+
+/// How many descriptors process `pid` holds open.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|e| panic!("list /proc/{pid}/fd: {e}"))
+        .count()
+}
+
+/// Copies of the TCP sockets of process `pid` (a child of this test) whose
+/// peer is `peer` port on loopback, taken with pidfd_getfd(2), so their socket
+/// options can be read.
+pub fn sockets_of_process_to(pid: u32, peer: u16) -> Vec<socket2::Socket> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain syscalls on integers; each returned descriptor is new and
+    // owned by the Socket built from it.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
+    assert!(pidfd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("list fds")
+        .flatten()
+    {
+        let Ok(fd) = entry.file_name().to_string_lossy().parse::<libc::c_int>() else {
+            continue;
+        };
+        let is_socket = std::fs::read_link(entry.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:"));
+        if !is_socket {
+            continue;
+        }
+        let copy = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd as libc::c_int, fd, 0) };
+        if copy < 0 {
+            panic!("pidfd_getfd({fd}): {}", std::io::Error::last_os_error());
+        }
+        let socket = unsafe { socket2::Socket::from_raw_fd(copy as libc::c_int) };
+        let to_peer = socket
+            .peer_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .is_some_and(|a| a.port() == peer && a.ip().is_loopback());
+        if to_peer {
+            found.push(socket);
+        }
+    }
+    unsafe { libc::close(pidfd as libc::c_int) };
+    found
+}
+
+/// The ids of Redis clients whose last command was `cmd` (CLIENT LIST).
+pub fn client_ids_with_cmd(con: &mut redis::Connection, cmd: &str) -> Vec<String> {
+    let list: String = redis_cmd(con, &["CLIENT", "LIST"]);
+    let want = format!("cmd={cmd}");
+    list.lines()
+        .filter(|line| line.split_whitespace().any(|f| f == want))
+        .filter_map(|line| {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix("id="))
+                .map(str::to_owned)
+        })
+        .collect()
+}
