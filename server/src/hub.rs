@@ -50,6 +50,9 @@ struct Sub {
 struct Held {
     frames: Vec<(StreamId, Bytes)>,
     bytes: usize,
+    /// Stream frames up to this id were dropped when the held ones outgrew
+    /// the queue limit; the replay reads them from Redis instead.
+    dropped_through: Option<StreamId>,
 }
 
 /// What joining a channel found.
@@ -147,6 +150,14 @@ impl Hub {
         sub.skip_through = after;
     }
 
+    /// Takes the id through which held stream frames of `conn` on `name` were
+    /// dropped (they outgrew the queue limit while its replay ran), if any.
+    pub fn take_dropped(&mut self, name: &str, conn_id: u64) -> Option<StreamId> {
+        let channel = self.channels.get_mut(name)?;
+        let sub = channel.subs.iter_mut().find(|s| s.conn.id == conn_id)?;
+        sub.held.as_mut()?.dropped_through.take()
+    }
+
     /// Removes `conn` from `name`; returns the channel when it was the last
     /// subscriber (the caller then drops the Redis subscription).
     pub fn leave(&mut self, name: &str, conn_id: u64) -> Option<Channel> {
@@ -201,7 +212,7 @@ impl Hub {
             }
             channel.cursor = entry.id;
             let frame = frames.stream_delivery(&channel.name, entry.id, &entry.fields);
-            fan_out(&mut channel.subs, entry.id, &frame);
+            fan_out(&mut channel.subs, Source::Stream, entry.id, &frame);
         }
     }
 
@@ -214,7 +225,7 @@ impl Hub {
             return;
         }
         let frame = frames.pubsub_delivery(&channel.name, body);
-        fan_out(&mut channel.subs, StreamId::ZERO, &frame);
+        fan_out(&mut channel.subs, Source::Pubsub, StreamId::ZERO, &frame);
     }
 
     /// Drops `name`, telling each subscriber why with an error; returns the
@@ -227,7 +238,7 @@ impl Hub {
     }
 }
 
-fn fan_out(subs: &mut [Sub], id: StreamId, frame: &Bytes) {
+fn fan_out(subs: &mut [Sub], source: Source, id: StreamId, frame: &Bytes) {
     for sub in subs.iter_mut() {
         match &mut sub.held {
             None => match sub.skip_through {
@@ -238,14 +249,23 @@ fn fan_out(subs: &mut [Sub], id: StreamId, frame: &Bytes) {
                 }
                 None => sub.conn.send(frame.clone()),
             },
-            Some(held) => {
+            Some(held) if held.bytes + frame.len() <= sub.conn.queue_limit() => {
                 held.bytes += frame.len();
-                if held.bytes > sub.conn.queue_limit() {
-                    sub.held = Some(Held::default());
-                    sub.conn.close(close_code::SLOW_CONSUMER, SLOW_CONSUMER_REASON);
-                } else {
-                    held.frames.push((id, frame.clone()));
-                }
+                held.frames.push((id, frame.clone()));
+            }
+            // Held frames outgrew the queue limit while a replay ran (its core
+            // is catching up on a burst, say). A stream's can be read again from
+            // Redis: drop them and let the replay go on through this id, rather
+            // than close a client that reads at normal speed.
+            Some(held) if source == Source::Stream => {
+                *held = Held {
+                    dropped_through: Some(id),
+                    ..Held::default()
+                };
+            }
+            Some(_) => {
+                sub.held = Some(Held::default());
+                sub.conn.close(close_code::SLOW_CONSUMER, SLOW_CONSUMER_REASON);
             }
         }
     }
@@ -341,7 +361,7 @@ mod tests {
     }
 
     #[test]
-    fn held_frames_over_the_queue_limit_close_with_4008() {
+    fn held_stream_frames_over_the_queue_limit_are_dropped_for_the_replay_to_read() {
         let mut hub = Hub::default();
         let limits = Limits {
             outbound_queue_bytes: 1000,
@@ -350,18 +370,37 @@ mod tests {
         let a = Rc::new(Conn::new(1, -1, &limits));
         hub.join("s", Source::Stream, &a);
         hub.set_live("s", StreamId::ZERO);
-        let big = Entry {
-            id: StreamId::new(1, 0),
-            fields: vec![(Bytes::from_static(b"data"), Bytes::from(vec![b'1'; 600]))],
+        let entry = |ms: u64| Entry {
+            id: StreamId::new(ms, 0),
+            fields: vec![(Bytes::from_static(b"data"), Bytes::from(vec![b'1'; 400]))],
         };
         let mut frames = FrameBuilder::new();
-        hub.deliver_stream("s", std::slice::from_ref(&big), &mut frames);
-        assert!(a.is_open(), "600 bytes held fit");
-        let bigger = Entry {
-            id: StreamId::new(2, 0),
-            ..big
+        hub.deliver_stream("s", &[entry(1), entry(2)], &mut frames);
+        assert_eq!(hub.take_dropped("s", 1), None, "two fit");
+        hub.deliver_stream("s", &[entry(3), entry(4)], &mut frames);
+        assert!(a.is_open(), "a replaying client is not closed for what its core read meanwhile");
+        assert_eq!(hub.take_dropped("s", 1), Some(StreamId::new(3, 0)));
+        assert_eq!(hub.take_dropped("s", 1), None, "taken once");
+        // The replay read 1..=3 from Redis; 4 was held after the drop.
+        hub.release("s", 1, Some(StreamId::new(3, 0)));
+        assert_eq!(sent_ids(&a), [4]);
+    }
+
+    #[test]
+    fn held_pubsub_frames_over_the_queue_limit_close_with_4008() {
+        let mut hub = Hub::default();
+        let limits = Limits {
+            outbound_queue_bytes: 1000,
+            ..Limits::default()
         };
-        hub.deliver_stream("s", &[bigger], &mut frames);
+        let a = Rc::new(Conn::new(1, -1, &limits));
+        hub.join("p", Source::Pubsub, &a);
+        hub.set_live("p", StreamId::ZERO);
+        let big = vec![b'1'; 600];
+        let mut frames = FrameBuilder::new();
+        hub.deliver_pubsub("p", &big, &mut frames);
+        assert!(a.is_open(), "600 bytes held fit");
+        hub.deliver_pubsub("p", &big, &mut frames);
         assert!(!a.is_open(), "over the limit while held");
         let queued = a.take_queued();
         assert_eq!(queued.len(), 1, "only the close frame");

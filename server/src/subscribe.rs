@@ -228,14 +228,22 @@ async fn subscribe_stream(
     };
     until_live(core, name, joined, setup).await?;
     let joined_at = core.hub.borrow().joined_at(name, conn.id).ok_or_else(unavailable)?;
-    let after = match start {
+    let (mut after, recovered) = match start {
         Start::Live => {
             subscribed(conn, name, req, joined_at, true);
-            joined_at
+            (joined_at, true)
         }
         Start::Last(n) => replay_last(core, conn, req, name, &key, n, joined_at).await?,
         Start::Since(since) => replay_since(core, conn, req, name, &key, since, joined_at).await?,
     };
+    // Live frames held during the replay outgrew their bound (the core read a
+    // burst meanwhile) and were dropped: read them from Redis too, until none
+    // are missing. No await lies between the last check and the release.
+    let dropped = || core.hub.borrow_mut().take_dropped(name, conn.id);
+    while let Some(through) = dropped() {
+        let _slot = core.replays.acquire().await;
+        (after, _) = replay_pages(core, conn, name, &key, after, through, Pages::More { recovered }).await?;
+    }
     core.hub.borrow_mut().release(name, conn.id, Some(after));
     Ok(())
 }
@@ -267,7 +275,7 @@ async fn last_id(core: &Core, key: &[u8]) -> Result<StreamId, ProtocolError> {
 }
 
 /// `last: n`: the newest `n` entries up to `until`, then live. Returns the id
-/// after which held live frames are released.
+/// after which held live frames are released, and what `recovered` said.
 async fn replay_last(
     core: &Rc<Core>,
     conn: &Rc<Conn>,
@@ -276,14 +284,18 @@ async fn replay_last(
     key: &[u8],
     n: u64,
     until: StreamId,
-) -> Result<StreamId, ProtocolError> {
+) -> Result<(StreamId, bool), ProtocolError> {
     if n == 0 {
         subscribed(conn, name, req, until, true);
-        return Ok(until);
+        return Ok((until, true));
     }
     let _slot = core.replays.acquire().await;
     let position = start_of_last(core, key, n, until).await?;
-    replay_pages(core, conn, req, name, key, position, until, Promise::Recovered).await
+    let first = Pages::First {
+        req,
+        promise: Promise::Recovered,
+    };
+    replay_pages(core, conn, name, key, position, until, first).await
 }
 
 /// The id just before the newest `n` entries up to `until` (`0-0` when the
@@ -319,9 +331,13 @@ async fn replay_since(
     key: &[u8],
     since: StreamId,
     until: StreamId,
-) -> Result<StreamId, ProtocolError> {
+) -> Result<(StreamId, bool), ProtocolError> {
     let _slot = core.replays.acquire().await;
-    replay_pages(core, conn, req, name, key, since, until, Promise::Check).await
+    let first = Pages::First {
+        req,
+        promise: Promise::Check,
+    };
+    replay_pages(core, conn, name, key, since, until, first).await
 }
 
 /// What the `subscribed` reply of a replay says about `recovered`.
@@ -333,27 +349,37 @@ enum Promise {
     Check,
 }
 
-/// Sends every entry after `after` up to `until`, a page at a time, after the
-/// `subscribed` reply with `after` as its position. Returns the id after which
-/// held live frames are released.
-#[allow(clippy::too_many_arguments)]
+/// Where a run of replay pages stands.
+#[derive(Clone, Copy)]
+enum Pages {
+    /// The replay's first run: its first page decides the `subscribed` reply.
+    First { req: Option<u64>, promise: Promise },
+    /// A catch-up on dropped live frames, after `recovered` was answered.
+    More { recovered: bool },
+}
+
+/// Sends every entry after `since` up to `until`, a page at a time (after the
+/// `subscribed` reply with `since` as its position, on a first run). Returns
+/// the id after which held live frames are released, and `recovered`.
 async fn replay_pages(
     core: &Rc<Core>,
     conn: &Rc<Conn>,
-    req: Option<u64>,
     name: &str,
     key: &[u8],
     since: StreamId,
     until: StreamId,
-    promise: Promise,
-) -> Result<StreamId, ProtocolError> {
+    pages: Pages,
+) -> Result<(StreamId, bool), ProtocolError> {
     let page = core.settings.limits.replay_page;
     let mut after = since;
-    let mut recovered = None;
+    let mut recovered = match pages {
+        Pages::First { .. } => None,
+        Pages::More { recovered } => Some(recovered),
+    };
     loop {
         let (entries, info) = read_page(core, key, after, until, page).await?;
-        match recovered {
-            None => {
+        match (recovered, pages) {
+            (None, Pages::First { req, promise }) => {
                 let answer =
                     promise == Promise::Recovered || info.is_some_and(|info| nothing_dropped_after(&info, since));
                 subscribed(conn, name, req, since, answer);
@@ -361,13 +387,13 @@ async fn replay_pages(
             }
             // Trimming overtook the replay after `subscribed` promised more: say
             // so and drop the subscription rather than skip ids silently.
-            Some(true) if !info.is_some_and(|info| nothing_trimmed_after(&info, after)) => {
+            (Some(true), _) if !info.is_some_and(|info| nothing_trimmed_after(&info, after)) => {
                 return Err(ProtocolError::new(
                     ErrorCode::Internal,
                     format!("replay of {name} was overtaken by stream trimming after {after}; subscribe again with since {after}"),
                 ));
             }
-            Some(_) => {}
+            _ => {}
         }
         send_history(core, conn, name, &entries).await;
         match entries.last() {
@@ -375,7 +401,7 @@ async fn replay_pages(
             _ => break,
         }
     }
-    Ok(after.max(since).max(until))
+    Ok((after.max(since).max(until), recovered.unwrap_or(false)))
 }
 
 /// One XRANGE page after `after` and the stream's XINFO, read atomically
