@@ -186,6 +186,14 @@ mod tests {
     }
 
     #[test]
+    fn body_skips_each_header_form() {
+        for len in [0, 125, 126, 65_535, 65_536] {
+            let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            assert_eq!(body(&text(&payload)), &payload[..], "length {len}");
+        }
+    }
+
+    #[test]
     fn ping_and_pong_frames_carry_their_payload() {
         assert_eq!(&ping(b"fg")[..], &[0x89, 2, b'f', b'g']);
         assert_eq!(&pong(b"hi")[..], &[0x8A, 2, b'h', b'i']);

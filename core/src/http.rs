@@ -247,6 +247,79 @@ mod tests {
     }
 
     #[test]
+    fn upgrades_need_both_upgrade_and_connection_tokens() {
+        let ws = "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+        assert!(matches!(route(ws), Route::Upgrade { .. }));
+        for broken in [
+            ws.replace("Upgrade: websocket\r\n", ""),
+            ws.replace("Upgrade: websocket", "Upgrade: h2c"),
+            ws.replace("Connection: Upgrade", "Connection: keep-alive"),
+            ws.replace("Connection: Upgrade\r\n", ""),
+        ] {
+            assert!(
+                matches!(route(&broken), Route::Respond { status: 400, .. }),
+                "{broken:?}"
+            );
+        }
+        // Tokens are matched case-insensitively within comma lists.
+        let listed = ws.replace("Connection: Upgrade", "Connection: keep-alive,  UPGRADE ");
+        assert!(matches!(route(&listed), Route::Upgrade { .. }));
+    }
+
+    #[test]
+    fn responses_are_complete_http_messages() {
+        assert_eq!(
+            switching_protocols("abc="),
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: abc=\r\n\r\n"
+        );
+        assert_eq!(
+            response(200, "ok\n"),
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n"
+        );
+        for (status, reason) in [
+            (400, "Bad Request"),
+            (404, "Not Found"),
+            (405, "Method Not Allowed"),
+            (426, "Upgrade Required"),
+            (431, "Request Header Fields Too Large"),
+            (503, "Service Unavailable"),
+            (418, "Error"),
+        ] {
+            let text = String::from_utf8(response(status, "x")).unwrap();
+            assert!(text.starts_with(&format!("HTTP/1.1 {status} {reason}\r\n")), "{text}");
+        }
+        let upgrade_required = String::from_utf8(response(426, "")).unwrap();
+        assert!(upgrade_required.contains("\r\nSec-WebSocket-Version: 13\r\n"));
+        let not_allowed = String::from_utf8(response(405, "")).unwrap();
+        assert!(not_allowed.contains("\r\nAllow: GET\r\n"));
+        assert!(!String::from_utf8(response(404, "")).unwrap().contains("Allow"));
+    }
+
+    #[test]
+    fn a_partial_head_waits_until_exactly_the_size_limit() {
+        assert_eq!(MAX_HEAD, 16_384);
+        let just_under = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(MAX_HEAD - 1 - 19));
+        assert_eq!(just_under.len(), MAX_HEAD - 1);
+        assert!(matches!(parse(just_under.as_bytes()), Head::Partial));
+        let at_limit = format!("{just_under}a");
+        assert!(matches!(
+            parse(at_limit.as_bytes()),
+            Head::Complete {
+                route: Route::Respond { status: 431, .. },
+                ..
+            }
+        ));
+        let many = format!("GET / HTTP/1.1\r\n{}\r\n", "X: y\r\n".repeat(49));
+        assert!(matches!(
+            parse(many.as_bytes()),
+            Head::Complete {
+                route: Route::Respond { status: 431, .. },
+                ..
+            }
+        ));
+    }
+
+    #[test]
     fn partial_heads_wait_and_huge_ones_are_refused() {
         assert!(matches!(parse(b"GET /ws HTTP/1.1\r\nHost"), Head::Partial));
         let huge = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(MAX_HEAD));

@@ -378,7 +378,10 @@ mod tests {
         hub.deliver_stream("s", &[entry(1), entry(2)], &mut frames);
         assert_eq!(hub.take_dropped("s", 1), None, "two fit");
         hub.deliver_stream("s", &[entry(3), entry(4)], &mut frames);
-        assert!(a.is_open(), "a replaying client is not closed for what its core read meanwhile");
+        assert!(
+            a.is_open(),
+            "a replaying client is not closed for what its core read meanwhile"
+        );
         assert_eq!(hub.take_dropped("s", 1), Some(StreamId::new(3, 0)));
         assert_eq!(hub.take_dropped("s", 1), None, "taken once");
         // The replay read 1..=3 from Redis; 4 was held after the drop.
