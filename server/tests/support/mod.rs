@@ -508,6 +508,7 @@ pub struct FeedgateBuilder {
     envs: Vec<(String, String)>,
     config: String,
     port: Option<u16>,
+    cores: usize,
 }
 
 /// A feedgate process that exited by itself.
@@ -548,6 +549,14 @@ impl FeedgateBuilder {
         self
     }
 
+    /// Runs `n` cores instead of 2 (`--cores`; clap refuses it twice, so not
+    /// through [`FeedgateBuilder::flag`]). One core puts every client on the
+    /// same hub, reader and Redis links.
+    pub fn cores(mut self, n: usize) -> Self {
+        self.cores = n;
+        self
+    }
+
     fn spawn(&self, port: u16, dir: &TempDir) -> Child {
         let config = dir.path().join("feedgate.toml");
         std::fs::write(&config, &self.config).expect("write config file");
@@ -557,7 +566,7 @@ impl FeedgateBuilder {
             .arg("--redis")
             .arg(&self.redis_url)
             .arg("--cores")
-            .arg("2")
+            .arg(self.cores.to_string())
             .arg("--config")
             .arg(&config);
         for (name, value) in &self.flags {
@@ -633,6 +642,7 @@ impl Feedgate {
             envs: Vec::new(),
             config: PUBSUB_CONFIG.to_owned(),
             port: None,
+            cores: 2,
         }
     }
 
@@ -694,6 +704,15 @@ impl Feedgate {
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -s {name} failed");
+    }
+
+    /// Waits at most `timeout` for the process to exit by itself; `None` when
+    /// it is still running then (it is killed when the guard drops).
+    pub fn wait_exit_within(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut().expect("feedgate is running");
+        let status = wait_child(child, timeout)?;
+        self.child = None;
+        Some(status)
     }
 
     /// Waits for the process to exit by itself.
@@ -1350,6 +1369,17 @@ impl WireConn {
         local_ip: Option<std::net::IpAddr>,
         recv_buffer: Option<usize>,
     ) -> Result<WireUpgrade, String> {
+        Self::upgrade_sending(addr, local_ip, recv_buffer, &[])
+    }
+
+    /// Like [`WireConn::upgrade_from`], with `after_head` written in the same
+    /// write as the request head, right after it (frames sent before the 101).
+    pub fn upgrade_sending(
+        addr: SocketAddr,
+        local_ip: Option<std::net::IpAddr>,
+        recv_buffer: Option<usize>,
+        after_head: &[u8],
+    ) -> Result<WireUpgrade, String> {
         use socket2::{Domain, Socket, Type};
         let socket = Socket::new(Domain::IPV4, Type::STREAM, None).map_err(|e| format!("socket: {e}"))?;
         if let Some(ip) = local_ip {
@@ -1375,9 +1405,9 @@ impl WireConn {
             "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
         );
-        stream
-            .write_all(req.as_bytes())
-            .map_err(|e| format!("send upgrade: {e}"))?;
+        let mut bytes = req.into_bytes();
+        bytes.extend_from_slice(after_head);
+        stream.write_all(&bytes).map_err(|e| format!("send upgrade: {e}"))?;
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];
         let end = loop {
@@ -1440,6 +1470,22 @@ impl WireConn {
                     return Err(WireEnd::TimedOut)
                 }
                 Err(_) => return Err(WireEnd::Reset),
+            }
+        }
+    }
+
+    /// The next text frame's payload as JSON, skipping the server's pings;
+    /// panics on anything else or when none comes within [`READ_TIMEOUT`].
+    pub fn next_json(&mut self) -> Value {
+        loop {
+            match self.next_frame(READ_TIMEOUT) {
+                Ok(f) if f.opcode == OP_PING => continue,
+                Ok(f) if f.opcode == OP_TEXT => {
+                    return serde_json::from_slice(&f.payload)
+                        .unwrap_or_else(|e| panic!("text frame is not JSON ({e}): {f:?}"))
+                }
+                Ok(f) => panic!("expected a text frame, got {f:?}"),
+                Err(end) => panic!("expected a text frame, the connection {end:?}"),
             }
         }
     }
@@ -1666,5 +1712,31 @@ pub fn client_ids_with_cmd(con: &mut redis::Connection, cmd: &str) -> Vec<String
                 .find_map(|f| f.strip_prefix("id="))
                 .map(str::to_owned)
         })
+        .collect()
+}
+
+/// The wire length of a server frame with `payload_len` payload bytes.
+pub fn server_frame_len(payload_len: usize) -> usize {
+    payload_len
+        + match payload_len {
+            0..=125 => 2,
+            126..=0xffff => 4,
+            _ => 10,
+        }
+}
+
+/// The code and reason of a close frame; panics on any other frame.
+pub fn close_of(frame: &RawFrame) -> (u16, String) {
+    assert_eq!(frame.opcode, OP_CLOSE, "expected a close frame: {frame:?}");
+    let code = close_code_of(frame).unwrap_or_else(|| panic!("close frame without a code: {frame:?}"));
+    (code, String::from_utf8_lossy(&frame.payload[2..]).into_owned())
+}
+
+/// The text frames among `frames`, as JSON.
+pub fn texts_of(frames: &[RawFrame]) -> Vec<Value> {
+    frames
+        .iter()
+        .filter(|f| f.opcode == OP_TEXT)
+        .map(|f| serde_json::from_slice(&f.payload).unwrap_or_else(|e| panic!("text frame is not JSON ({e}): {f:?}")))
         .collect()
 }
