@@ -418,16 +418,19 @@ fn slow_consumer_4008_comes_when_the_queue_would_pass_its_limit() {
 
 /// While a subscription's replay runs, its live frames are held back, bounded
 /// by `outbound_queue_bytes` on their own: going over closes with 4008
-/// (docs/protocol.md "Slow consumers"). A `since` replay of 2 MB of history in
-/// pages of 50 to a client that reads nothing stalls on its window; a producer
-/// then adds 640 KiB of live entries: more than the 256 KiB limit. The close
-/// comes while the history is still unfinished (so it is not the queue's own
-/// overflow when the held frames are released after the replay), and before
-/// the replay's own no-progress limit (the pong timeout, 10 s here).
+/// (docs/protocol.md "Slow consumers"). A `since` replay of 9 MB of history
+/// (more than the kernel's buffers take) in pages of 50 to a client that reads
+/// nothing stalls on its window; a producer then adds 640 KiB of live
+/// entries: more than the 256 KiB limit. The close comes then, while the client
+/// still reads nothing: all it gets before the close is what the kernel held
+/// when it started reading, plus at most one queue's worth that the writer
+/// had in hand. Not the queue's own overflow when the held frames are released
+/// after the replay (the client would have read nearly all the history first),
+/// nor the replay's no-progress limit (the pong timeout, 10 s here).
 #[test]
 fn live_frames_held_during_a_replay_overflowing_the_queue_close_with_4008() {
     const QUEUE: usize = 262_144;
-    const HISTORY: u64 = 2000;
+    const HISTORY: u64 = 6000;
     let redis = Redis::start();
     let fg = Feedgate::builder(&redis)
         .flag("outbound-queue-bytes", QUEUE)
@@ -436,7 +439,7 @@ fn live_frames_held_during_a_replay_overflowing_the_queue_close_with_4008() {
         .start();
     let key = "held.feed";
     let mut con = redis.conn();
-    let pad = "h".repeat(1000);
+    let pad = "h".repeat(1500);
     let mut pipe = redis::pipe();
     for seq in 1..=HISTORY {
         pipe.cmd("XADD")
@@ -469,6 +472,7 @@ fn live_frames_held_during_a_replay_overflowing_the_queue_close_with_4008() {
         );
     }
     thread::sleep(Duration::from_millis(500));
+    let kernel = server_side_tcp(fg.addr(), client.local_addr()).map_or(0, |(_, q)| q as usize);
 
     let (frames, end) = client.frames_until_end(READ_TIMEOUT);
     let read_all = subscribed.elapsed();
@@ -502,7 +506,16 @@ fn live_frames_held_during_a_replay_overflowing_the_queue_close_with_4008() {
         read_all < Duration::from_secs(9),
         "the close came {read_all:?} after the reply: the replay's no-progress limit, not the held frames"
     );
-    eprintln!("{} history entries before the 4008", texts.len());
+    let received: usize = frames.iter().map(|f| server_frame_len(f.payload.len())).sum();
+    eprintln!(
+        "{} history entries ({received} bytes) before the 4008; the kernel held {kernel} bytes",
+        texts.len()
+    );
+    assert!(
+        received <= kernel + QUEUE,
+        "the client got {received} bytes before the 4008, more than the {kernel} bytes the kernel held \
+         when it began to read and a queue's worth: the close came only after it read on"
+    );
 }
 
 /// The server's wait for a client's close answer (docs/protocol.md "Close
@@ -806,7 +819,16 @@ fn ping_flood_from_a_client_that_never_reads_at_all_is_disconnected() {
         .flag("pong-timeout-ms", PONG_TIMEOUT_MS)
         .start();
     let pid = fg.pid();
-    let fds_before = fd_count(pid);
+    // The start's /readyz probes may still be closing: wait for a steady count.
+    let mut fds_before = fd_count(pid);
+    let mut steady = 0;
+    wait_until("a steady descriptor count", READ_TIMEOUT, || {
+        thread::sleep(Duration::from_millis(50));
+        let now = fd_count(pid);
+        steady = if now == fds_before { steady + 1 } else { 0 };
+        fds_before = now;
+        steady >= 4
+    });
     let mut flooder = WireConn::upgrade_from(fg.addr(), None, Some(64 * 1024))
         .unwrap_or_else(|e| panic!("{e}"))
         .conn
@@ -822,7 +844,7 @@ fn ping_flood_from_a_client_that_never_reads_at_all_is_disconnected() {
         "the server's end of the new connection should be established: {state:?}"
     );
     wait_until("the new connection's descriptor", READ_TIMEOUT, || {
-        fd_count(pid) > fds_before
+        fd_count(pid) == fds_before + 1
     });
 
     let payload = [b'p'; 125];
