@@ -485,3 +485,86 @@ fn the_last_subscriber_leaving_takes_the_key_out_of_the_xread() {
     probe(&mut a, stay);
     a.assert_alive();
 }
+
+/// protocol.md "Slow consumers": a single frame larger than the queue's limit
+/// is still accepted into an empty queue (a client that keeps up is not
+/// closed for one big entry).
+#[test]
+fn a_single_frame_larger_than_the_queue_goes_through_an_empty_queue() {
+    const QUEUE: usize = 16_384;
+    let redis = Redis::start();
+    let fg = Feedgate::builder(&redis).flag("outbound-queue-bytes", QUEUE).start();
+    let mut con = redis.conn();
+    let key = "md.big.one";
+    let mut c = fg.connect();
+    c.sub(key);
+    let data = format!(r#"{{"big":"{}"}}"#, "b".repeat(4 * QUEUE));
+    let expected = produce(&mut con, key, &data);
+    assert_eq!(c.recv_text(), expected, "a 64 KiB entry through a 16 KiB queue");
+    c.assert_alive();
+}
+
+/// protocol.md "Slow consumers": at most `max_replays_per_core` replays run at
+/// once on a core; more wait their turn, and a subscribe without history does
+/// not wait. On one core with one replay slot: a replay stalled on a client
+/// that reads nothing holds the slot; a second `since` waits (no reply) while a
+/// plain subscribe is answered; once the first client goes, the second replay
+/// runs, well before the stalled one's own 10 s no-progress limit.
+#[test]
+fn replays_past_max_replays_per_core_wait_their_turn() {
+    let redis = Redis::start();
+    let fg = Feedgate::builder(&redis)
+        .cores(1)
+        .flag("max-replays-per-core", 1)
+        .flag("outbound-queue-bytes", 16_384)
+        .flag("pong-timeout-ms", 10_000)
+        .start();
+    let mut con = redis.conn();
+    let (big, small) = ("md.turn.big", "md.turn.small");
+    // 9 MB: more than the kernel's buffers take, so the replay stalls.
+    xadd_padded(&mut con, big, 6000, 1500);
+    let small_entries = xadd_seqs(&mut con, small, 1..=3);
+
+    let mut stalled = wire(&fg, Some(4096));
+    stalled.send_text(&format!(
+        r#"{{"op":"subscribe","channel":"{big}","since":"0-0","req":1}}"#
+    ));
+    assert_eq!(stalled.next_json()["type"], "subscribed");
+    let server_end = (fg.addr(), stalled.local_addr());
+    let mut last = 0;
+    wait_until("the first replay to stall on its client", READ_TIMEOUT, || {
+        thread::sleep(Duration::from_millis(200));
+        let now = server_side_tcp(server_end.0, server_end.1).map_or(0, |(_, q)| q);
+        let settled = now > 0 && now == last;
+        last = now;
+        settled
+    });
+
+    let mut waiting = fg.connect();
+    waiting.send(&json!({"op": "subscribe", "channel": small, "since": "0-0", "req": 2}));
+    let mut plain = fg.connect();
+    plain.sub("md.turn.plain");
+    waiting.set_read_timeout(Duration::from_secs(1));
+    let quiet_until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < quiet_until {
+        match waiting.try_read_message() {
+            None => break,
+            Some(tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_)) => continue,
+            Some(m) => panic!("a second replay ran while the only replay slot was taken: {m:?}"),
+        }
+    }
+
+    drop(stalled);
+    let gone = Instant::now();
+    waiting.set_read_timeout(READ_TIMEOUT);
+    let reply = waiting.recv_json();
+    let took = gone.elapsed();
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+    assert_eq!(reply["req"], 2, "{reply}");
+    assert!(
+        took < Duration::from_secs(5),
+        "the second replay ran {took:?} after the first client left: the slot was not freed then"
+    );
+    let got = recv_seqs(&mut waiting, small, 1..=3);
+    assert_same_entries(&got, &small_entries);
+}

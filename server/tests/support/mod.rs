@@ -889,6 +889,15 @@ impl Client {
         }
     }
 
+    /// The next message, or `None` when none arrives within the read timeout.
+    pub fn try_read_message(&mut self) -> Option<Message> {
+        match self.ws.read() {
+            Ok(m) => Some(m),
+            Err(tungstenite::Error::Io(e)) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => None,
+            Err(e) => panic!("reading from the server failed: {e}"),
+        }
+    }
+
     /// The next text frame, as it came; panics on a close or a binary frame.
     pub fn recv_text(&mut self) -> String {
         loop {
