@@ -434,6 +434,103 @@ fn slow_consumer_4008_comes_when_the_queue_would_pass_its_limit() {
     );
 }
 
+/// While a subscription's replay runs, its live frames are held back, up to
+/// `outbound_queue_bytes`; on a stream channel, going over drops them and the
+/// replay reads them from Redis, so "a client that reads at normal speed is
+/// not closed because its core read a burst meanwhile" (docs/protocol.md
+/// "Slow consumers"). A `since` replay of 9 MB (more than the kernel's
+/// buffers take, so the replay's window fills) in pages of 50 goes to a client
+/// that reads steadily at 4 MB/s; meanwhile a producer adds 640 KiB of live
+/// entries, over the 256 KiB bound. The client must get every history entry
+/// and every live one, in order, once each, and no close.
+#[test]
+fn live_frames_outgrowing_the_held_bound_during_a_replay_are_read_again_and_the_client_stays() {
+    const QUEUE: usize = 262_144;
+    const HISTORY: u64 = 6000;
+    const LIVE: u64 = 20;
+    const RATE: f64 = 4.0e6; // bytes per second the client reads
+    let redis = Redis::start();
+    let fg = Feedgate::builder(&redis)
+        .flag("outbound-queue-bytes", QUEUE)
+        .flag("replay-page", 50)
+        .flag("pong-timeout-ms", 10_000)
+        .start();
+    let key = "held.feed";
+    let mut con = redis.conn();
+    let pad = "h".repeat(1500);
+    let mut pipe = redis::pipe();
+    for seq in 1..=HISTORY {
+        pipe.cmd("XADD")
+            .arg(key)
+            .arg("*")
+            .arg("data")
+            .arg(format!(r#"{{"seq":{seq},"pad":"{pad}"}}"#))
+            .ignore();
+    }
+    pipe.query::<()>(&mut con).expect("XADD history");
+
+    let mut client = WireConn::upgrade_from(fg.addr(), None, Some(4096))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .conn
+        .expect("upgraded");
+    client.send_text(&format!(
+        r#"{{"op":"subscribe","channel":"{key}","since":"0-0","req":1}}"#
+    ));
+    let reply = client.next_json();
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+
+    // The burst, while the replay has only begun.
+    let producer = {
+        let mut con = redis.conn();
+        let live_pad = "L".repeat(32 * 1024);
+        thread::spawn(move || {
+            for seq in HISTORY + 1..=HISTORY + LIVE {
+                xadd_data(
+                    &mut con,
+                    key,
+                    format!(r#"{{"seq":{seq},"pad":"{live_pad}"}}"#).as_bytes(),
+                );
+            }
+        })
+    };
+
+    let started = Instant::now();
+    let mut bytes = 0usize;
+    let mut next = 1u64;
+    while next <= HISTORY + LIVE {
+        let frame = match client.next_frame(READ_TIMEOUT) {
+            Ok(f) => f,
+            Err(end) => panic!("the connection {end:?} after seq {}", next - 1),
+        };
+        bytes += server_frame_len(frame.payload.len());
+        match frame.opcode {
+            OP_PING => continue,
+            OP_TEXT => {}
+            OP_CLOSE => panic!(
+                "closed {:?} after seq {} of {} ({} history, {LIVE} live), reading at {RATE} B/s: {:?}",
+                started.elapsed(),
+                next - 1,
+                HISTORY + LIVE,
+                HISTORY,
+                close_of(&frame)
+            ),
+            other => panic!("unexpected opcode {other:#x}"),
+        }
+        let v: serde_json::Value = serde_json::from_slice(&frame.payload).expect("JSON");
+        assert_eq!(v["data"]["seq"], json!(next), "in order, once each: {}", v["id"]);
+        next += 1;
+        // Read at RATE: sleep off any lead over it.
+        let due = Duration::from_secs_f64(bytes as f64 / RATE);
+        if let Some(ahead) = due.checked_sub(started.elapsed()) {
+            thread::sleep(ahead);
+        }
+        assert!(started.elapsed() < Duration::from_secs(12), "too slow: at seq {next}");
+    }
+    producer.join().expect("producer");
+    client.send_text(r#"{"op":"ping","req":2}"#);
+    assert_eq!(client.next_json(), json!({"type": "pong", "req": 2}));
+}
+
 /// The server's wait for a client's close answer (docs/protocol.md "Close
 /// codes", docs/operations.md "Graceful shutdown").
 const LINGER: Duration = Duration::from_secs(2);
