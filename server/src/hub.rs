@@ -10,6 +10,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use feedgate_core::channel::Source;
 use feedgate_core::frame::FrameBuilder;
+use feedgate_core::queue::FRAME_OVERHEAD;
 use feedgate_core::resp::Entry;
 use feedgate_core::StreamId;
 
@@ -150,6 +151,16 @@ impl Hub {
         sub.skip_through = after;
     }
 
+    /// What the frames held for `conn` on `name` will cost its queue when
+    /// released (each counted as in the queue, overhead included).
+    pub fn held_bytes(&self, name: &str, conn_id: u64) -> usize {
+        self.channels
+            .get(name)
+            .and_then(|c| c.subs.iter().find(|s| s.conn.id == conn_id))
+            .and_then(|s| s.held.as_ref())
+            .map_or(0, |held| held.bytes)
+    }
+
     /// Takes the id through which held stream frames of `conn` on `name` were
     /// dropped (they outgrew the queue limit while its replay ran), if any.
     pub fn take_dropped(&mut self, name: &str, conn_id: u64) -> Option<StreamId> {
@@ -249,8 +260,8 @@ fn fan_out(subs: &mut [Sub], source: Source, id: StreamId, frame: &Bytes) {
                 }
                 None => sub.conn.send(frame.clone()),
             },
-            Some(held) if held.bytes + frame.len() <= sub.conn.queue_limit() => {
-                held.bytes += frame.len();
+            Some(held) if held.bytes + frame.len() + FRAME_OVERHEAD <= sub.conn.queue_limit() => {
+                held.bytes += frame.len() + FRAME_OVERHEAD;
                 held.frames.push((id, frame.clone()));
             }
             // Held frames outgrew the queue limit while a replay ran (its core

@@ -238,11 +238,21 @@ async fn subscribe_stream(
     };
     // Live frames held during the replay outgrew their bound (the core read a
     // burst meanwhile) and were dropped: read them from Redis too, until none
-    // are missing. No await lies between the last check and the release.
-    let dropped = || core.hub.borrow_mut().take_dropped(name, conn.id);
-    while let Some(through) = dropped() {
-        let _slot = core.replays.acquire().await;
-        (after, _) = replay_pages(core, conn, name, &key, after, through, Pages::More { recovered }).await?;
+    // are missing. Then wait until the queue has room for what is held, which
+    // the release queues at once. No await lies between the last check and
+    // the release.
+    loop {
+        let dropped = core.hub.borrow_mut().take_dropped(name, conn.id);
+        if let Some(through) = dropped {
+            let _slot = core.replays.acquire().await;
+            (after, _) = replay_pages(core, conn, name, &key, after, through, Pages::More { recovered }).await?;
+            continue;
+        }
+        let held = core.hub.borrow().held_bytes(name, conn.id);
+        if !conn.is_open() || conn.queued_bytes() + held <= conn.queue_limit() {
+            break;
+        }
+        wait_for_drain(core, conn, name).await;
     }
     core.hub.borrow_mut().release(name, conn.id, Some(after));
     Ok(())
@@ -457,19 +467,26 @@ const REPLAY_WINDOW: usize = 1024 * 1024;
 /// slow consumer: the replay holds its op, so the keepalive cannot judge it.
 async fn send_history(core: &Core, conn: &Conn, name: &str, entries: &[Entry]) {
     let window = (conn.queue_limit() / 2).min(REPLAY_WINDOW);
-    let stuck_after = Duration::from_millis(core.settings.limits.pong_timeout_ms);
     for entry in entries {
         while conn.is_open() && conn.queued_bytes() > window {
-            if monoio::time::timeout(stuck_after, conn.drained.wait()).await.is_err() {
-                tracing::debug!(conn = conn.id, channel = name, "replay made no progress");
-                conn.close(close_code::SLOW_CONSUMER, SLOW_CONSUMER_REASON);
-            }
+            wait_for_drain(core, conn, name).await;
         }
         if !conn.is_open() {
             return;
         }
         let frame: Bytes = core.frames.borrow_mut().stream_delivery(name, entry.id, &entry.fields);
         conn.send(frame);
+    }
+}
+
+/// Waits for the client's writer to move something; a client that takes
+/// nothing for the pong timeout is closed as a slow consumer (a replay holds
+/// its op, so the keepalive cannot judge it).
+async fn wait_for_drain(core: &Core, conn: &Conn, name: &str) {
+    let stuck_after = Duration::from_millis(core.settings.limits.pong_timeout_ms);
+    if monoio::time::timeout(stuck_after, conn.drained.wait()).await.is_err() {
+        tracing::debug!(conn = conn.id, channel = name, "replay made no progress");
+        conn.close(close_code::SLOW_CONSUMER, SLOW_CONSUMER_REASON);
     }
 }
 
