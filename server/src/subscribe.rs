@@ -407,7 +407,14 @@ async fn replay_pages(
         }
         send_history(core, conn, name, &entries).await;
         match entries.last() {
-            Some(last) if entries.len() as u64 == page && last.id < until && conn.is_open() => after = last.id,
+            Some(last)
+                if entries.len() as u64 == page
+                    && last.id < until
+                    && conn.is_open()
+                    && conn.subs.borrow().contains(name) =>
+            {
+                after = last.id
+            }
             _ => break,
         }
     }
@@ -471,7 +478,9 @@ async fn send_history(core: &Core, conn: &Conn, name: &str, entries: &[Entry]) {
         while conn.is_open() && conn.queued_bytes() > window {
             wait_for_drain(core, conn, name).await;
         }
-        if !conn.is_open() {
+        // The channel may have been dropped under the replay (its key changed
+        // type): no history for a channel the client no longer holds.
+        if !conn.is_open() || !conn.subs.borrow().contains(name) {
             return;
         }
         let frame: Bytes = core.frames.borrow_mut().stream_delivery(name, entry.id, &entry.fields);
