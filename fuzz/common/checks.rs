@@ -28,9 +28,10 @@ pub const MAX_MESSAGE: usize = 65536;
 ///
 /// - `unknown op` errors echo the op name, and `{"op":"\u0000"}` puts a NUL
 ///   into the error message (core/src/op.rs).
-/// - simd-json 0.14.3 accepts a number of 19 or more digits (a u64-sized
-///   integer, or a float) followed by any byte (`9999999999999999999%`,
-///   `[1.234567890123456789x]`), so `PayloadWriter` splices such a value and
+/// - simd-json 0.14.3 accepts a long number (19 or more digits, or a minus
+///   and 18: a u64-sized integer, a negative one, or a float) followed by any
+///   byte (`9999999999999999999%`, `[1.234567890123456789x]`,
+///   `-464444454444444444\x02`), so `PayloadWriter` splices such a value and
 ///   the frame is not JSON.
 pub const TOLERATE_PENDING: bool = true;
 
@@ -152,12 +153,13 @@ fn read_reply(reply: resp::Reply) {
     let _ = resp::expect_ok(&reply);
 }
 
-/// Whether `bytes` hold a number-like run with 19 or more digits: the pending
-/// simd-json number finding (see [`TOLERATE_PENDING`]) needs one.
+/// Whether `bytes` hold a number-like run with 18 or more digits (19 or more
+/// bytes with a minus sign): the pending simd-json number finding (see
+/// [`TOLERATE_PENDING`]) needs one.
 fn has_long_number(bytes: &[u8]) -> bool {
     bytes
         .split(|b| !matches!(b, b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-'))
-        .any(|run| run.iter().filter(|b| b.is_ascii_digit()).count() >= 19)
+        .any(|run| run.iter().filter(|b| b.is_ascii_digit()).count() >= 18)
 }
 
 fn assert_json(bytes: &[u8], what: &str, tolerate_pending: bool) {
