@@ -27,7 +27,10 @@ impl PayloadWriter {
 
     /// Whether `value` is one complete JSON value (UTF-8 checked too).
     pub fn is_json(&mut self, value: &[u8]) -> bool {
-        if value.is_empty() {
+        // A NUL byte is never JSON (not whitespace, and escaped in strings), but
+        // simd-json 0.14 stops at one after a scalar: it accepted `0\0garbage`,
+        // which was then spliced into frames as is (found by fuzz/ `payload`).
+        if value.is_empty() || value.contains(&0) {
             return false;
         }
         self.scratch.clear();
@@ -153,6 +156,12 @@ mod tests {
         assert_eq!(value(b"{\"a\":"), r#""{\"a\":""#);
         assert_eq!(value(b""), r#""""#);
         assert_eq!(value(b"tab\there\nnl\x01"), r#""tab\there\nnl\u0001""#);
+    }
+
+    #[test]
+    fn a_scalar_followed_by_nul_is_not_json() {
+        assert_eq!(value(b"0\0\0\x001"), r#""0\u0000\u0000\u00001""#);
+        assert_eq!(value(b"true\0x"), r#""true\u0000x""#);
     }
 
     #[test]
