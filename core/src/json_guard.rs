@@ -3,9 +3,12 @@
 //! 30,000 deep overflowed a core's stack and aborted the process.
 //!
 //! The scan checks only what the parser would let through and must not:
-//! nesting past [`MAX_DEPTH`], and `\u` escapes of lone UTF-16 surrogates
-//! (simd-json turns `"\ud800"` into U+0000). Everything else (syntax) is left
-//! to simd-json.
+//! nesting past [`MAX_DEPTH`], `\u` escapes of lone UTF-16 surrogates
+//! (simd-json turns `"\ud800"` into U+0000), and tokens that are not JSON:
+//! simd-json 0.14.3 accepts a number of 19 or more digits followed by any byte
+//! (`9999999999999999999%`, found by fuzzing, results/fuzz-2026-12-01.md) and
+//! NUL bytes after a scalar. Structure (brackets, commas, colons) is left to
+//! simd-json.
 
 /// Deepest nesting of arrays and objects accepted in a client op. An op needs
 /// two levels; 32 leaves room for any reasonable extra field.
@@ -20,28 +23,96 @@ pub enum GuardError {
     /// A `\u` escape names half of a surrogate pair without the other half.
     #[error("JSON string holds a lone UTF-16 surrogate escape")]
     LoneSurrogate,
+    /// Outside strings, bytes that are no JSON token (a malformed number, a
+    /// stray byte).
+    #[error("message is not valid JSON")]
+    BadToken,
 }
 
-/// Scans `text` once, without recursion.
+/// Scans a client op once, without recursion: depth, escapes and tokens.
 pub fn check(text: &[u8]) -> Result<(), GuardError> {
+    scan(text, Some(MAX_DEPTH))
+}
+
+/// Whether every token of `text` outside strings is a JSON token, with no
+/// depth bound (payloads are checked by simd-json's tape, which does not
+/// recurse). Hot path: one pass over bytes simd-json is about to read anyway.
+pub fn tokens_are_json(text: &[u8]) -> bool {
+    scan(text, None).is_ok()
+}
+
+fn scan(text: &[u8], max_depth: Option<usize>) -> Result<(), GuardError> {
     let mut depth = 0usize;
     let mut i = 0;
     while i < text.len() {
         match text[i] {
             b'[' | b'{' => {
                 depth += 1;
-                if depth > MAX_DEPTH {
+                if max_depth.is_some_and(|max| depth > max) {
                     return Err(GuardError::TooDeep);
                 }
             }
             // Unbalanced closers are a syntax error simd-json reports.
             b']' | b'}' => depth = depth.saturating_sub(1),
             b'"' => i = skip_string(text, i + 1)?,
-            _ => {}
+            b',' | b':' | b' ' | b'\t' | b'\n' | b'\r' => {}
+            b'-' | b'0'..=b'9' => {
+                let end = token_end(text, i, |b| matches!(b, b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'));
+                if !is_json_number(&text[i..end]) {
+                    return Err(GuardError::BadToken);
+                }
+                i = end;
+                continue;
+            }
+            b'a'..=b'z' => {
+                let end = token_end(text, i, |b| b.is_ascii_lowercase());
+                if !matches!(&text[i..end], b"true" | b"false" | b"null") {
+                    return Err(GuardError::BadToken);
+                }
+                i = end;
+                continue;
+            }
+            _ => return Err(GuardError::BadToken),
         }
         i += 1;
     }
     Ok(())
+}
+
+fn token_end(text: &[u8], start: usize, part: impl Fn(u8) -> bool) -> usize {
+    text[start..]
+        .iter()
+        .position(|&b| !part(b))
+        .map_or(text.len(), |n| start + n)
+}
+
+//= https://www.rfc-editor.org/rfc/rfc8259#section-6
+//# number = [ minus ] int [ frac ] [ exp ]
+//# int = zero / ( digit1-9 *DIGIT )
+//# frac = decimal-point 1*DIGIT
+//# exp = e [ minus / plus ] 1*DIGIT
+fn is_json_number(token: &[u8]) -> bool {
+    let digits = |s: &[u8]| s.iter().take_while(|b| b.is_ascii_digit()).count();
+    let mut rest = token.strip_prefix(b"-").unwrap_or(token);
+    match digits(rest) {
+        0 => return false,
+        n if n > 1 && rest[0] == b'0' => return false,
+        n => rest = &rest[n..],
+    }
+    if let Some(frac) = rest.strip_prefix(b".") {
+        match digits(frac) {
+            0 => return false,
+            n => rest = &frac[n..],
+        }
+    }
+    if let Some(exp) = rest.strip_prefix(b"e").or_else(|| rest.strip_prefix(b"E")) {
+        let exp = exp.strip_prefix(b"+").or_else(|| exp.strip_prefix(b"-")).unwrap_or(exp);
+        match digits(exp) {
+            0 => return false,
+            n => rest = &exp[n..],
+        }
+    }
+    rest.is_empty()
 }
 
 /// Skips a string body starting at `i` (just after its opening quote); returns
@@ -115,6 +186,75 @@ mod tests {
         assert_eq!(check(objects.as_bytes()), Err(GuardError::TooDeep));
         // Unclosed openers count too: the parser never sees them.
         assert_eq!(check("[".repeat(100_000).as_bytes()), Err(GuardError::TooDeep));
+    }
+
+    #[test]
+    fn tokens_outside_strings_must_be_json() {
+        for good in [
+            &br#"{"a":[1,-0,0.5,1e9,-2.5E-3,1E+2,true,false,null]}"#[..],
+            b" \t\r\n[ 12 , 34 ]",
+            b"9999999999999999999",
+            br#""%\u0000 anything in a string""#,
+        ] {
+            assert!(tokens_are_json(good), "{}", String::from_utf8_lossy(good));
+        }
+        // simd-json 0.14.3 accepted each of these (fuzzing, results/fuzz-2026-12-01.md).
+        for bad in [
+            &b"9999999999999999999%"[..],
+            b"[1.234567890123456789x]",
+            b"-464444454444444444\x02",
+            b"0\0\0\01",
+            b"true\0x",
+            b"01",
+            b"1.",
+            b".5",
+            b"1e",
+            b"1e+",
+            b"-",
+            b"--1",
+            b"1-2",
+            b"tru",
+            b"nulll",
+            b"True",
+            b"'a'",
+            b"{a:1}",
+        ] {
+            assert!(!tokens_are_json(bad), "{}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                check(bad),
+                Err(GuardError::BadToken),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn sibling_containers_do_not_add_depth() {
+        let siblings = format!("[{}[]]", "[],".repeat(100));
+        assert_eq!(check(siblings.as_bytes()), Ok(()));
+    }
+
+    #[test]
+    fn escapes_other_than_u_are_skipped_whole() {
+        // An escaped backslash before `d800` is text, not an escape.
+        assert_eq!(check(br#"{"a":"\\d800"}"#), Ok(()));
+        // An escape deep into the text must not skip what follows it.
+        let text = format!(r#"{}["\n",{}{}]"#, " ".repeat(100), "[".repeat(40), "]".repeat(40));
+        assert_eq!(check(text.as_bytes()), Err(GuardError::TooDeep));
+        let text = format!(r#"{}["\u0041",{}{}]"#, " ".repeat(100), "[".repeat(40), "]".repeat(40));
+        assert_eq!(check(text.as_bytes()), Err(GuardError::TooDeep));
+        let text = format!(
+            r#"{}["\ud83d\ude00",{}{}]"#,
+            " ".repeat(100),
+            "[".repeat(40),
+            "]".repeat(40)
+        );
+        assert_eq!(check(text.as_bytes()), Err(GuardError::TooDeep));
+        let text = format!(r#"{}"\ud800""#, " ".repeat(100));
+        assert_eq!(check(text.as_bytes()), Err(GuardError::LoneSurrogate));
+        let text = format!(r#"{}"\ud800\ud800""#, " ".repeat(100));
+        assert_eq!(check(text.as_bytes()), Err(GuardError::LoneSurrogate));
     }
 
     #[test]

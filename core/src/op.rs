@@ -145,7 +145,7 @@ pub fn parse(text: &mut [u8]) -> Result<Request, OpError> {
             return Err(bad(
                 req,
                 ErrorCode::UnknownOp,
-                format!("unknown op `{}`", truncate(other, 64)),
+                format!("unknown op `{}`", printable(truncate(other, 64))),
             ));
         }
     };
@@ -159,6 +159,12 @@ pub fn req_of(mut text: Vec<u8>) -> Option<u64> {
         Ok(request) => request.req,
         Err(e) => e.req,
     }
+}
+
+/// `s` with control characters (a NUL from `\u0000`, say) shown as U+FFFD, so
+/// an echoed name never carries them into a message.
+fn printable(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { '\u{FFFD}' } else { c }).collect()
 }
 
 fn truncate(s: &str, max: usize) -> &str {

@@ -1,6 +1,8 @@
 //! The payload rules of PROTOCOL.md section 2: how a stream entry or a pub/sub
 //! body becomes the `data` of a delivery.
 
+use crate::json_guard;
+
 /// Writes payloads as JSON, checking each value once per message.
 ///
 /// Holds simd-json's scratch buffers so that the per-message check allocates
@@ -27,10 +29,13 @@ impl PayloadWriter {
 
     /// Whether `value` is one complete JSON value (UTF-8 checked too).
     pub fn is_json(&mut self, value: &[u8]) -> bool {
-        // A NUL byte is never JSON (not whitespace, and escaped in strings), but
-        // simd-json 0.14 stops at one after a scalar: it accepted `0\0garbage`,
-        // which was then spliced into frames as is (found by fuzz/ `payload`).
-        if value.is_empty() || value.contains(&0) {
+        // simd-json 0.14.3 accepts some values that are not JSON, which would
+        // then be spliced into frames as they are (found by fuzz/ `payload`,
+        // results/fuzz-2026-12-01.md): `0\0garbage` (a NUL byte is never JSON:
+        // not whitespace, and escaped in strings) and a 19-digit number followed
+        // by any byte. The token scan is one pass over bytes simd-json reads
+        // anyway; it refuses what simd-json lets through.
+        if value.is_empty() || value.contains(&0) || !json_guard::tokens_are_json(value) {
             return false;
         }
         self.scratch.clear();
