@@ -275,6 +275,14 @@ mod tests {
     }
 
     #[test]
+    fn a_single_frame_over_the_limit_fails_with_1009() {
+        assert_eq!(
+            failed(Inbound::new(10).on_frame(frame(true, Opcode::Text, b"0123456789a"))),
+            1009
+        );
+    }
+
+    #[test]
     fn broken_sequences_fail_with_1002() {
         assert_eq!(
             failed(Inbound::new(10).on_frame(frame(true, Opcode::Continuation, b"x"))),

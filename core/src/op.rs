@@ -280,6 +280,24 @@ mod tests {
     }
 
     #[test]
+    fn req_of_reads_the_req_of_ops_and_of_errors() {
+        assert_eq!(req_of(br#"{"op":"ping","req":7}"#.to_vec()), Some(7));
+        assert_eq!(req_of(br#"{"op":"dance","req":8}"#.to_vec()), Some(8));
+        assert_eq!(req_of(br#"{"op":"ping"}"#.to_vec()), None);
+        assert_eq!(req_of(b"nope".to_vec()), None);
+    }
+
+    #[test]
+    fn unknown_ops_are_echoed_cut_and_printable() {
+        let long = format!(r#"{{"op":"{}é"}}"#, "x".repeat(63));
+        let e = p(&long).unwrap_err();
+        // 63 x's and a 2-byte character do not fit 64 bytes: cut before it.
+        assert_eq!(e.error.message, format!("unknown op `{}`", "x".repeat(63)));
+        let e = p(r#"{"op":"a\u0000b"}"#).unwrap_err();
+        assert_eq!(e.error.message, "unknown op `a\u{FFFD}b`");
+    }
+
+    #[test]
     fn deep_nesting_is_refused_without_building_a_dom() {
         // 30,000 levels overflowed a core's stack before the guard.
         let deep = format!(r#"{{"op":"ping","x":{}{}}}"#, "[".repeat(30_000), "]".repeat(30_000));

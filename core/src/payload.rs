@@ -191,6 +191,14 @@ mod tests {
     }
 
     #[test]
+    fn control_characters_use_their_short_escapes() {
+        let mut out = Vec::new();
+        write_json_string(&mut out, b"\r\x08\x0c\t\n\x01\"\\");
+        assert_eq!(out, br#""\r\b\f\t\n\u0001\"\\""#);
+        assert_eq!(format!("{:?}", PayloadWriter::new()), "PayloadWriter { .. }");
+    }
+
+    #[test]
     fn a_lone_data_field_is_the_payload() {
         let mut out = Vec::new();
         PayloadWriter::new().write_entry(&mut out, &[("data", "[1]")]);

@@ -116,6 +116,19 @@ mod tests {
     }
 
     #[test]
+    fn clear_empties_and_the_limit_is_kept() {
+        let mut q = OutQueue::new(1000);
+        assert_eq!(q.limit(), 1000);
+        assert!(q.is_empty());
+        q.push(Bytes::from_static(b"abc")).unwrap();
+        assert!(!q.is_empty());
+        q.clear();
+        assert!(q.is_empty());
+        assert_eq!(q.bytes(), 0);
+        assert_eq!(q.limit(), 1000);
+    }
+
+    #[test]
     fn one_frame_larger_than_the_limit_still_goes_to_an_empty_queue() {
         let mut q = OutQueue::new(4);
         q.push(Bytes::from_static(b"123456")).unwrap();

@@ -91,6 +91,22 @@ mod tests {
     }
 
     #[test]
+    fn refusals_come_back_at_the_rate_too() {
+        let t0 = Instant::now();
+        let mut rate = OpRate::new(10, 20, t0);
+        for _ in 0..40 {
+            rate.check(t0);
+        }
+        assert_eq!(rate.check(t0), Verdict::Exceeded);
+        // After a second: 10 tokens, then 10 refusals, then closed.
+        let t1 = t0 + Duration::from_secs(1);
+        let verdicts: Vec<Verdict> = (0..21).map(|_| rate.check(t1)).collect();
+        assert_eq!(verdicts.iter().filter(|v| **v == Verdict::Allowed).count(), 10);
+        assert_eq!(verdicts.iter().filter(|v| **v == Verdict::Refused).count(), 10);
+        assert_eq!(verdicts[20], Verdict::Exceeded);
+    }
+
+    #[test]
     fn a_client_at_the_rate_is_never_refused() {
         let t0 = Instant::now();
         let mut rate = OpRate::new(100, 1, t0);

@@ -99,5 +99,7 @@ mod tests {
         let empty = info(0, 3, None, 3, 0);
         assert!(!nothing_dropped_after(&empty, id(1)));
         assert!(nothing_dropped_after(&empty, id(3)));
+        assert!(!nothing_trimmed_after(&empty, id(1)));
+        assert!(nothing_trimmed_after(&empty, id(3)), "nothing came after the last id");
     }
 }

@@ -425,6 +425,52 @@ mod tests {
     }
 
     #[test]
+    fn errors_of_both_kinds_are_read_and_reported() {
+        assert_eq!(error_text(&one(b"-ERR no\r\n")).as_deref(), Some("ERR no"));
+        assert_eq!(error_text(&one(b"!6\r\nERR no\r\n")).as_deref(), Some("ERR no"));
+        assert_eq!(error_text(&one(b"+OK\r\n")), None);
+        assert_eq!(expect_ok(&one(b"+OK\r\n")), Ok(()));
+        assert_eq!(
+            expect_ok(&one(b"-NOPERM x\r\n")),
+            Err(ReplyError::Redis("NOPERM x".into()))
+        );
+        assert_eq!(integer(&one(b":42\r\n")), Ok(42));
+        assert_eq!(integer(&one(b"$2\r\n-7\r\n")), Ok(-7));
+        assert!(integer(&one(b"-ERR x\r\n")).is_err());
+        assert!(integer(&one(b"+nope\r\n")).is_err());
+    }
+
+    #[test]
+    fn entries_with_nil_fields_and_nil_lists_are_empty() {
+        let raw = b"*1\r\n*2\r\n$3\r\n1-1\r\n_\r\n";
+        let list = entries(one(raw)).unwrap();
+        assert_eq!(list.len(), 1);
+        assert!(list[0].fields.is_empty());
+        assert!(entries(one(b"_\r\n")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn xinfo_stream_reads_resp2_arrays_and_deletions() {
+        let raw = b"*8\r\n$6\r\nlength\r\n:1\r\n$20\r\nmax-deleted-entry-id\r\n$3\r\n3-0\r\n$13\r\nentries-added\r\n:4\r\n$11\r\nfirst-entry\r\n_\r\n";
+        let info = stream_info(one(raw)).unwrap();
+        assert_eq!(info.length, 1);
+        assert_eq!(info.max_deleted_id, StreamId::new(3, 0));
+        assert_eq!(info.entries_added, 4);
+        assert_eq!(info.first_entry, None);
+    }
+
+    #[test]
+    fn unsubscribe_pushes_name_their_channel() {
+        let raw = b">3\r\n$11\r\nunsubscribe\r\n$2\r\nch\r\n:0\r\n";
+        assert_eq!(
+            push(&one(raw)),
+            Some(Push::Unsubscribed {
+                channel: Bytes::from_static(b"ch")
+            })
+        );
+    }
+
+    #[test]
     fn encodes_commands_as_blob_arrays() {
         let mut out = BytesMut::new();
         encode_command(&mut out, &[b"XADD", b"s", b"*", b"data", b"{}"]);
