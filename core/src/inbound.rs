@@ -49,6 +49,30 @@ pub struct InFrame<'a> {
     pub payload: &'a [u8],
 }
 
+impl<'a> InFrame<'a> {
+    /// A frame from the first two bytes of its header and its unmasked
+    /// payload; `None` for a reserved opcode.
+    //= rfc6455#section-5.2
+    //# FIN:  1 bit ... Opcode:  4 bits ... Mask:  1 bit
+    pub fn from_head(head: [u8; 2], payload: &'a [u8]) -> Option<Self> {
+        let opcode = match head[0] & 0x0F {
+            0x0 => Opcode::Continuation,
+            0x1 => Opcode::Text,
+            0x2 => Opcode::Binary,
+            0x8 => Opcode::Close,
+            0x9 => Opcode::Ping,
+            0xA => Opcode::Pong,
+            _ => return None,
+        };
+        Some(Self {
+            fin: head[0] & 0x80 != 0,
+            opcode,
+            masked: head[1] & 0x80 != 0,
+            payload,
+        })
+    }
+}
+
 /// What the server does about a frame.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Action<'a> {
@@ -193,6 +217,25 @@ mod tests {
         match action {
             Action::Fail { code, .. } => code,
             other => panic!("expected a failure, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn frames_are_read_from_their_header_bytes() {
+        let f = InFrame::from_head([0x81, 0x85], b"hello").unwrap();
+        assert!(f.fin && f.masked && f.opcode == Opcode::Text);
+        let f = InFrame::from_head([0x00, 0x05], b"x").unwrap();
+        assert!(!f.fin && !f.masked && f.opcode == Opcode::Continuation);
+        for (byte, opcode) in [
+            (0x82, Opcode::Binary),
+            (0x88, Opcode::Close),
+            (0x89, Opcode::Ping),
+            (0x8A, Opcode::Pong),
+        ] {
+            assert_eq!(InFrame::from_head([byte, 0x80], b"").unwrap().opcode, opcode);
+        }
+        for reserved in [0x3u8, 0x7, 0xB, 0xF] {
+            assert!(InFrame::from_head([0x80 | reserved, 0x80], b"").is_none());
         }
     }
 

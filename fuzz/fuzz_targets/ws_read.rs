@@ -11,8 +11,8 @@ use std::io;
 use std::pin::{pin, Pin};
 use std::task::{Context, Poll, Waker};
 
-use fastwebsockets::{Frame, OpCode, Role, WebSocket};
-use feedgate_core::inbound::{InFrame, Inbound, Opcode};
+use fastwebsockets::{Role, WebSocket};
+use feedgate_core::inbound::{InFrame, Inbound};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Serves `data` in pieces of varying size, then EOF; swallows writes.
@@ -57,23 +57,6 @@ fn run<F: Future>(future: F) -> F::Output {
     panic!("an always-ready read did not finish");
 }
 
-fn is_masked(frame: &mut Frame<'_>) -> bool {
-    let mut head = [0u8; 14];
-    frame.fmt_head(&mut head);
-    head[1] & 0x80 != 0
-}
-
-fn opcode(op: OpCode) -> Opcode {
-    match op {
-        OpCode::Continuation => Opcode::Continuation,
-        OpCode::Text => Opcode::Text,
-        OpCode::Binary => Opcode::Binary,
-        OpCode::Close => Opcode::Close,
-        OpCode::Ping => Opcode::Ping,
-        OpCode::Pong => Opcode::Pong,
-    }
-}
-
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let mut ws = WebSocket::after_handshake(Input { data, reads: 0 }, Role::Server);
     ws.set_auto_pong(false);
@@ -83,13 +66,10 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let mut messages = 0;
     loop {
         let Ok(mut frame) = run(ws.read_frame()) else { break };
-        let masked = is_masked(&mut frame);
-        let frame = InFrame {
-            fin: frame.fin,
-            opcode: opcode(frame.opcode),
-            masked,
-            payload: &frame.payload,
-        };
+        // As server/src/ws.rs reads it: the mask bit from a formatted header.
+        let mut head = [0u8; 14];
+        frame.fmt_head(&mut head);
+        let Some(frame) = InFrame::from_head([head[0], head[1]], &frame.payload) else { break };
         if checks::ws_step(&mut inbound, frame, &mut messages).is_some() {
             break;
         }

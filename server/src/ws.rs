@@ -8,9 +8,9 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use fastwebsockets::{Frame, OpCode, Role, WebSocketError};
+use fastwebsockets::{Frame, Role, WebSocketError};
 use feedgate_core::envelope;
-use feedgate_core::inbound::{Action, InFrame, Inbound, Opcode};
+use feedgate_core::inbound::{Action, InFrame, Inbound};
 use feedgate_core::op::{self, Op};
 use feedgate_core::rate::{OpRate, Verdict};
 use feedgate_core::ErrorCode;
@@ -112,13 +112,14 @@ async fn read_ops(core: &Rc<Core>, conn: &Rc<Conn>, reader: PollReader<OwnedRead
         if !conn.is_open() {
             return;
         }
-        let masked = is_masked(&mut frame);
-        let action = inbound.on_frame(InFrame {
-            fin: frame.fin,
-            opcode: opcode_of(frame.opcode),
-            masked,
-            payload: &frame.payload,
-        });
+        // fastwebsockets keeps the mask key private but writes it into a
+        // formatted header, which is how the mask bit is read here.
+        let mut head = [0u8; 14];
+        frame.fmt_head(&mut head);
+        let Some(in_frame) = InFrame::from_head([head[0], head[1]], &frame.payload) else {
+            return conn.close(close_code::PROTOCOL_ERROR, "protocol error");
+        };
+        let action = inbound.on_frame(in_frame);
         match action {
             Action::Message(text) => match rate.check(Instant::now()) {
                 Verdict::Allowed => {
@@ -144,25 +145,6 @@ async fn read_ops(core: &Rc<Core>, conn: &Rc<Conn>, reader: PollReader<OwnedRead
             Action::None => {}
         }
     }
-}
-
-fn opcode_of(opcode: OpCode) -> Opcode {
-    match opcode {
-        OpCode::Continuation => Opcode::Continuation,
-        OpCode::Text => Opcode::Text,
-        OpCode::Binary => Opcode::Binary,
-        OpCode::Close => Opcode::Close,
-        OpCode::Ping => Opcode::Ping,
-        OpCode::Pong => Opcode::Pong,
-    }
-}
-
-/// Whether the client masked `frame`. fastwebsockets keeps the mask key
-/// private but writes it into a formatted header, which is how it is read here.
-fn is_masked(frame: &mut Frame<'_>) -> bool {
-    let mut head = [0u8; 14];
-    frame.fmt_head(&mut head);
-    head[1] & 0x80 != 0
 }
 
 fn on_read_error(conn: &Conn, error: &WebSocketError) {

@@ -17,21 +17,6 @@ fn wire(fg: &Feedgate, recv_buffer: Option<usize>) -> WireConn {
         .expect("upgraded")
 }
 
-/// XADDs `n` sequenced entries (seq 1..=n, each padded to about `pad` bytes)
-/// in one pipeline; returns their ids.
-fn xadd_padded(con: &mut redis::Connection, key: &str, n: u64, pad: usize) -> Vec<String> {
-    let pad = "x".repeat(pad);
-    let mut pipe = redis::pipe();
-    for seq in 1..=n {
-        pipe.cmd("XADD")
-            .arg(key)
-            .arg("*")
-            .arg("data")
-            .arg(format!(r#"{{"seq":{seq},"pad":"{pad}"}}"#));
-    }
-    pipe.query(con).expect("XADD pipeline")
-}
-
 /// protocol.md "Trimming during a replay": a replay that answered
 /// `recovered: true` and is overtaken by trimming between two pages sends the
 /// `internal` error naming the last id it sent, and drops the subscription:

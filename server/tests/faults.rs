@@ -457,17 +457,7 @@ fn live_frames_outgrowing_the_held_bound_during_a_replay_are_read_again_and_the_
         .start();
     let key = "held.feed";
     let mut con = redis.conn();
-    let pad = "h".repeat(1500);
-    let mut pipe = redis::pipe();
-    for seq in 1..=HISTORY {
-        pipe.cmd("XADD")
-            .arg(key)
-            .arg("*")
-            .arg("data")
-            .arg(format!(r#"{{"seq":{seq},"pad":"{pad}"}}"#))
-            .ignore();
-    }
-    pipe.query::<()>(&mut con).expect("XADD history");
+    xadd_padded(&mut con, key, HISTORY, 1500);
 
     let mut client = WireConn::upgrade_from(fg.addr(), None, Some(4096))
         .unwrap_or_else(|e| panic!("{e}"))
@@ -667,17 +657,7 @@ fn a_client_that_does_not_read_holds_the_drain_for_its_3_s_bound_only() {
     // server's send buffer grows to 4 MiB at most here), less than the
     // default 8 MiB queue, so the rest waits in the queue, the writer blocked.
     let mut con = redis.conn();
-    let pad = "s".repeat(64 * 1024);
-    let mut pipe = redis::pipe();
-    for seq in 1..=128u64 {
-        pipe.cmd("XADD")
-            .arg(key)
-            .arg("*")
-            .arg("data")
-            .arg(format!(r#"{{"seq":{seq},"pad":"{pad}"}}"#))
-            .ignore();
-    }
-    pipe.query::<()>(&mut con).expect("XADD pipeline");
+    xadd_padded(&mut con, key, 128, 64 * 1024);
     // Wait for the server's send queue to stop growing: its writer is stuck.
     let mut last = 0;
     wait_until(

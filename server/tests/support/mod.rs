@@ -344,6 +344,21 @@ pub fn xadd_seqs(con: &mut redis::Connection, key: &str, seqs: RangeInclusive<u6
         .collect()
 }
 
+/// XADDs `n` sequenced entries (seq 1..=n, each padded to about `pad` bytes)
+/// in one pipeline; returns their ids.
+pub fn xadd_padded(con: &mut redis::Connection, key: &str, n: u64, pad: usize) -> Vec<String> {
+    let pad = "x".repeat(pad);
+    let mut pipe = redis::pipe();
+    for seq in 1..=n {
+        pipe.cmd("XADD")
+            .arg(key)
+            .arg("*")
+            .arg("data")
+            .arg(format!(r#"{{"seq":{seq},"pad":"{pad}"}}"#));
+    }
+    pipe.query(con).expect("XADD pipeline")
+}
+
 /// A thread that keeps XADDing sequenced entries while a test does something
 /// else, with a short pause between entries so the writes span the test's work.
 pub struct Producer {
@@ -590,14 +605,7 @@ impl FeedgateBuilder {
         let attempts = if self.port.is_some() { 1 } else { 3 };
         let mut last_stderr = String::new();
         for _ in 0..attempts {
-            let dir = TempDir::new("feedgate");
-            let port = self.port.unwrap_or_else(free_port);
-            let child = self.spawn(port, &dir);
-            let mut fg = Feedgate {
-                child: Some(child),
-                addr: SocketAddr::from(([127, 0, 0, 1], port)),
-                dir,
-            };
+            let mut fg = self.launch();
             match fg.wait_started() {
                 Ok(()) => return fg,
                 Err(stderr) if stderr.to_lowercase().contains("in use") => last_stderr = stderr,
@@ -605,6 +613,18 @@ impl FeedgateBuilder {
             }
         }
         panic!("feedgate could not get a free port; stderr:\n{last_stderr}");
+    }
+
+    /// Spawns feedgate on its port (or a free one) with a fresh log folder.
+    fn launch(&self) -> Feedgate {
+        let dir = TempDir::new("feedgate");
+        let port = self.port.unwrap_or_else(free_port);
+        let child = self.spawn(port, &dir);
+        Feedgate {
+            child: Some(child),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            dir,
+        }
     }
 
     /// Runs feedgate expecting it to exit by itself (bad configuration).
@@ -1639,14 +1659,7 @@ impl FeedgateBuilder {
     /// Starts feedgate and waits only until `/healthz` answers: for a Redis
     /// that cannot be reached, where `/readyz` never turns 200.
     pub fn start_unready(self) -> Feedgate {
-        let dir = TempDir::new("feedgate");
-        let port = self.port.unwrap_or_else(free_port);
-        let child = self.spawn(port, &dir);
-        let mut fg = Feedgate {
-            child: Some(child),
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            dir,
-        };
+        let mut fg = self.launch();
         let addr = fg.addr;
         let child = fg.child.as_mut().expect("running");
         let what = format!("feedgate at {addr} to answer /healthz");
