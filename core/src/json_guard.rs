@@ -230,6 +230,18 @@ mod tests {
     }
 
     #[test]
+    fn malformed_unicode_escapes_are_left_to_the_parser_and_scanning_goes_on() {
+        for text in [r#""\u12" "#, r#""\uZZZZ""#, r#""\u""#] {
+            assert_eq!(check(text.as_bytes()), Ok(()), "{text}");
+        }
+        let text = format!(r#"{}["\u12",{}{}]"#, " ".repeat(100), "[".repeat(40), "]".repeat(40));
+        assert_eq!(check(text.as_bytes()), Err(GuardError::TooDeep));
+        // A high surrogate's pair must be a whole `\u` escape.
+        assert_eq!(check(br#""\ud83dxudc00""#), Err(GuardError::LoneSurrogate));
+        assert_eq!(check(br#""\ud83d\xdc00""#), Err(GuardError::LoneSurrogate));
+    }
+
+    #[test]
     fn sibling_containers_do_not_add_depth() {
         let siblings = format!("[{}[]]", "[],".repeat(100));
         assert_eq!(check(siblings.as_bytes()), Ok(()));
