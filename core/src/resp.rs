@@ -424,6 +424,50 @@ mod tests {
         frame
     }
 
+    fn scan_all(raw: &[u8]) -> Result<Option<Reply>, DecodeError> {
+        Decoder::new().decode(&mut BytesMut::from(raw))
+    }
+
+    #[test]
+    fn declared_sizes_at_the_bounds_wait_and_past_them_fail() {
+        let at = |kind: &str, n: u64| format!("{kind}{n}\r\n").into_bytes();
+        assert!(matches!(scan_all(&at("$", MAX_FRAME_BYTES as u64)), Ok(None)));
+        assert!(matches!(
+            scan_all(&at("$", MAX_FRAME_BYTES as u64 + 1)),
+            Err(DecodeError::TooLarge(_))
+        ));
+        assert!(matches!(scan_all(&at("*", MAX_ELEMENTS)), Ok(None)));
+        assert!(matches!(
+            scan_all(&at("*", MAX_ELEMENTS + 1)),
+            Err(DecodeError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn lines_up_to_the_bound_are_read_and_longer_ones_fail() {
+        let mut line = vec![b'+'];
+        line.extend(std::iter::repeat_n(b'a', MAX_LINE - 1));
+        // Incomplete but within the bound: wait for more.
+        assert!(matches!(scan_all(&line), Ok(None)));
+        let mut whole = line.clone();
+        whole.extend_from_slice(b"\r\n");
+        let Ok(Some(BytesFrame::SimpleString { data, .. })) = scan_all(&whole) else {
+            panic!("a {}-byte line decodes", MAX_LINE - 1);
+        };
+        assert_eq!(data.len(), MAX_LINE - 1);
+        line.extend_from_slice(b"aa");
+        assert!(matches!(scan_all(&line), Err(DecodeError::TooLarge(_))));
+    }
+
+    #[test]
+    fn attributes_are_scanned_with_the_frame_they_describe() {
+        let raw = b"|1\r\n+key\r\n+val\r\n+OK\r\n";
+        let mut buf = BytesMut::from(&raw[..]);
+        let frame = Decoder::new().decode(&mut buf).unwrap().expect("complete");
+        assert!(buf.is_empty(), "the whole attributed frame is consumed");
+        assert!(matches!(frame, BytesFrame::SimpleString { .. }));
+    }
+
     #[test]
     fn errors_of_both_kinds_are_read_and_reported() {
         assert_eq!(error_text(&one(b"-ERR no\r\n")).as_deref(), Some("ERR no"));

@@ -42,10 +42,12 @@ impl StreamId {
 }
 
 fn parse_u64(digits: &[u8]) -> Result<u64, BadStreamId> {
-    if digits.is_empty() || digits.len() > 20 || !digits.iter().all(u8::is_ascii_digit) {
+    // u64's parser takes a leading `+`; a stream id does not.
+    if !digits.iter().all(u8::is_ascii_digit) {
         return Err(BadStreamId);
     }
-    // Valid ASCII digits, so from_utf8 cannot fail; parse catches overflow.
+    // Valid ASCII digits, so from_utf8 cannot fail; parse refuses an empty
+    // string and overflow.
     std::str::from_utf8(digits)
         .ok()
         .and_then(|s| s.parse().ok())
