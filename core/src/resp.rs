@@ -466,6 +466,12 @@ mod tests {
         let frame = Decoder::new().decode(&mut buf).unwrap().expect("complete");
         assert!(buf.is_empty(), "the whole attributed frame is consumed");
         assert!(matches!(frame, BytesFrame::SimpleString { .. }));
+        // Two pairs: 2 * n + 1 elements, which no other arithmetic gives for n = 2.
+        let raw = b"|2\r\n+a\r\n+b\r\n+c\r\n+d\r\n:7\r\n";
+        let mut buf = BytesMut::from(&raw[..]);
+        let frame = Decoder::new().decode(&mut buf).unwrap().expect("complete");
+        assert!(buf.is_empty());
+        assert!(matches!(frame, BytesFrame::Number { data: 7, .. }));
     }
 
     #[test]
