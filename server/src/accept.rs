@@ -77,6 +77,11 @@ impl Shedder {
             self.failing = true;
             tracing::warn!(%error, "accept failed; backing off (logged once until accepting works again)");
         }
+        // Another task (a Redis reconnect, say) may have taken the descriptor
+        // freed last time: get the spare back before shedding with it.
+        if self.reserve.is_none() {
+            self.reserve = File::open("/dev/null").ok();
+        }
         if out_of_fds && self.reserve.take().is_some() {
             // SAFETY: accept4 on our own non-blocking listener; the fd it
             // returns (if any) is closed at once and never used otherwise.

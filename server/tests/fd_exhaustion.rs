@@ -82,10 +82,14 @@ fn a_full_fd_table_sheds_connections_without_spinning_and_recovers() {
         (spent as f64) < elapsed.as_secs_f64() * 100.0 * 0.5,
         "{spent} ticks of CPU in {elapsed:?} while out of descriptors"
     );
+    // Every shed connection was a failed accept: logging each would give at
+    // least 30 lines. A descriptor freed elsewhere in the process (a Redis
+    // reconnect) can let one accept through and start a new episode, so a few
+    // lines are fine.
     let warnings = fg.stderr().matches("accept failed").count();
     assert!(
-        (1..=2).contains(&warnings),
-        "logged once per core and episode, not per attempt: {warnings} lines"
+        (1..=6).contains(&warnings),
+        "logged once per core and episode, not per attempt: {warnings} lines for {shed} shed"
     );
 
     set_fd_limit(pid, None);
