@@ -388,6 +388,13 @@ mod tests {
         let mut frames = FrameBuilder::new();
         hub.deliver_stream("s", &[entry(1), entry(2)], &mut frames);
         assert_eq!(hub.take_dropped("s", 1), None, "two fit");
+        let one = frames.stream_delivery("s", StreamId::new(1, 0), &entry(1).fields).len();
+        assert_eq!(
+            hub.held_bytes("s", 1),
+            2 * (one + FRAME_OVERHEAD),
+            "charged as the queue charges"
+        );
+        assert_eq!(hub.held_bytes("s", 2), 0, "not a subscriber");
         hub.deliver_stream("s", &[entry(3), entry(4)], &mut frames);
         assert!(
             a.is_open(),
