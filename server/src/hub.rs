@@ -474,4 +474,42 @@ mod tests {
         hub.deliver_pubsub("p", b"{}", &mut FrameBuilder::new());
         assert_eq!(a.take_queued().len(), 1);
     }
+
+    #[test]
+    fn the_reader_and_the_resubscriber_see_the_right_channels() {
+        let mut hub = Hub::default();
+        let a = conn(1);
+        hub.join("s.live", Source::Stream, &a);
+        hub.join("s.starting", Source::Stream, &a);
+        hub.join("p.live", Source::Pubsub, &a);
+        hub.join("p.starting", Source::Pubsub, &a);
+        hub.set_live("s.live", StreamId::new(9, 0));
+        hub.set_live("p.live", StreamId::ZERO);
+        assert!(hub.is_live("s.live") && hub.is_live("p.live"));
+        assert!(!hub.is_live("s.starting") && !hub.is_live("nothing"));
+        assert_eq!(hub.stream_cursors(), vec![(Rc::from("s.live"), StreamId::new(9, 0))]);
+        assert_eq!(hub.channels_of(Source::Pubsub, true), vec![Rc::from("p.live")]);
+        assert_eq!(hub.channels_of(Source::Pubsub, false), vec![Rc::from("p.starting")]);
+        assert_eq!(hub.channels_of(Source::Stream, false), vec![Rc::from("s.starting")]);
+    }
+
+    #[test]
+    fn leaving_keeps_the_others_and_dropping_returns_every_holder() {
+        let mut hub = Hub::default();
+        let (a, b) = (conn(1), conn(2));
+        hub.join("s", Source::Stream, &a);
+        hub.join("s", Source::Stream, &b);
+        hub.set_live("s", StreamId::ZERO);
+        hub.release("s", 1, Some(StreamId::ZERO));
+        hub.release("s", 2, Some(StreamId::ZERO));
+        assert!(hub.leave("s", 1).is_none());
+        deliver(&mut hub, &[1]);
+        assert!(sent_ids(&a).is_empty(), "a left");
+        assert_eq!(sent_ids(&b), [1], "b stays");
+        hub.join("s", Source::Stream, &a);
+        let held: Vec<u64> = hub.drop_channel("s").iter().map(|c| c.id).collect();
+        assert_eq!(held, [2, 1]);
+        assert!(!hub.is_live("s"));
+        assert!(hub.drop_channel("s").is_empty());
+    }
 }
