@@ -448,8 +448,13 @@ fn last_10000_replays_to_20_clients_that_never_read_are_bounded_and_closed() {
     if probe_result.is_err() {
         failures.push("the well-behaved client was not served during the replays (see its panic above)".to_owned());
     }
-    if grown >= 96 * 1024 {
-        failures.push(format!("RSS grew by {grown} KiB (bound 96 MiB)"));
+    // Before replays were bounded each such client cost ~30 MiB (600 MiB
+    // here). Now each replay holds at most its 1 MiB window plus one page of
+    // 1,000 1 KiB entries (the reply and what is decoded from it), a few MiB;
+    // measured: ~40-50 MiB in all on io_uring, ~115 MiB on epoll, whose
+    // buffers the allocator keeps longer.
+    if grown >= 160 * 1024 {
+        failures.push(format!("RSS grew by {grown} KiB (bound 160 MiB)"));
     }
     let open = closed_at.iter().filter(|at| at.is_none()).count();
     if open > 0 {
