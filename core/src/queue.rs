@@ -83,7 +83,9 @@ impl OutQueue {
     }
 }
 
-fn cost(frame: &Bytes) -> usize {
+/// What `frame` counts against a queue's limit: its length plus
+/// [`FRAME_OVERHEAD`]. Frames held for a subscription are charged the same.
+pub fn cost(frame: &Bytes) -> usize {
     frame.len() + FRAME_OVERHEAD
 }
 

@@ -10,7 +10,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use feedgate_core::channel::Source;
 use feedgate_core::frame::FrameBuilder;
-use feedgate_core::queue::FRAME_OVERHEAD;
+use feedgate_core::queue;
 use feedgate_core::resp::Entry;
 use feedgate_core::StreamId;
 
@@ -260,8 +260,8 @@ fn fan_out(subs: &mut [Sub], source: Source, id: StreamId, frame: &Bytes) {
                 }
                 None => sub.conn.send(frame.clone()),
             },
-            Some(held) if held.bytes + frame.len() + FRAME_OVERHEAD <= sub.conn.queue_limit() => {
-                held.bytes += frame.len() + FRAME_OVERHEAD;
+            Some(held) if held.bytes + queue::cost(frame) <= sub.conn.queue_limit() => {
+                held.bytes += queue::cost(frame);
                 held.frames.push((id, frame.clone()));
             }
             // Held frames outgrew the queue limit while a replay ran (its core
@@ -289,6 +289,7 @@ mod tests {
     use super::*;
     use feedgate_core::config::Limits;
     use feedgate_core::frame;
+    use feedgate_core::queue::FRAME_OVERHEAD;
 
     fn conn(id: u64) -> Rc<Conn> {
         Rc::new(Conn::new(id, -1, &Limits::default()))
