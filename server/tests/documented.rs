@@ -11,10 +11,7 @@ use support::*;
 
 /// A raw client (receive buffer `recv_buffer` when given) on `/ws`.
 fn wire(fg: &Feedgate, recv_buffer: Option<usize>) -> WireConn {
-    WireConn::upgrade_from(fg.addr(), None, recv_buffer)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .conn
-        .expect("upgraded")
+    WireConn::upgraded(fg.addr(), recv_buffer)
 }
 
 /// protocol.md "Trimming during a replay": a replay that answered

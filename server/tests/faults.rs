@@ -369,10 +369,7 @@ fn slow_consumer_4008_comes_when_the_queue_would_pass_its_limit() {
         .start();
     let key = "thr.feed";
     let mut con = redis.conn();
-    let mut slow = WireConn::upgrade_from(fg.addr(), None, Some(4096))
-        .unwrap_or_else(|e| panic!("{e}"))
-        .conn
-        .expect("upgraded");
+    let mut slow = WireConn::upgraded(fg.addr(), Some(4096));
     slow.send_text(&format!(r#"{{"op":"subscribe","channel":"{key}","req":1}}"#));
     let reply = slow.next_json();
     assert_eq!(reply["type"], "subscribed", "{reply}");
@@ -459,10 +456,7 @@ fn live_frames_outgrowing_the_held_bound_during_a_replay_are_read_again_and_the_
     let mut con = redis.conn();
     xadd_padded(&mut con, key, HISTORY, 1500);
 
-    let mut client = WireConn::upgrade_from(fg.addr(), None, Some(4096))
-        .unwrap_or_else(|e| panic!("{e}"))
-        .conn
-        .expect("upgraded");
+    let mut client = WireConn::upgraded(fg.addr(), Some(4096));
     client.send_text(&format!(
         r#"{{"op":"subscribe","channel":"{key}","since":"0-0","req":1}}"#
     ));
@@ -644,10 +638,7 @@ fn a_client_that_does_not_read_holds_the_drain_for_its_3_s_bound_only() {
     let redis = Redis::start();
     let mut fg = Feedgate::builder(&redis).flag("ping-interval-ms", 3_600_000).start();
     let key = "md.drain.stuck";
-    let mut stuck = WireConn::upgrade_from(fg.addr(), None, Some(4096))
-        .unwrap_or_else(|e| panic!("{e}"))
-        .conn
-        .expect("upgraded");
+    let mut stuck = WireConn::upgraded(fg.addr(), Some(4096));
     stuck.send_text(&format!(r#"{{"op":"subscribe","channel":"{key}","req":1}}"#));
     let reply = stuck.next_json();
     assert_eq!(reply["type"], "subscribed", "{reply}");
@@ -711,10 +702,7 @@ fn ping_flood_from_a_client_that_never_reads_is_closed_and_others_are_unaffected
     let mut bystander = fg.connect();
     bystander.sub("md.byflood");
 
-    let mut flooder = WireConn::upgrade_from(fg.addr(), None, Some(64 * 1024))
-        .unwrap_or_else(|e| panic!("{e}"))
-        .conn
-        .expect("upgraded");
+    let mut flooder = WireConn::upgraded(fg.addr(), Some(64 * 1024));
     // A write that makes no progress for 200 ms: the server stopped reading.
     // Short, because once this client's kernel holds everything the server
     // sent, the server waits only its 2 s linger for the close answer; a client
@@ -835,10 +823,7 @@ fn ping_flood_from_a_client_that_never_reads_at_all_is_disconnected() {
         fds_before = now;
         steady >= 4
     });
-    let mut flooder = WireConn::upgrade_from(fg.addr(), None, Some(64 * 1024))
-        .unwrap_or_else(|e| panic!("{e}"))
-        .conn
-        .expect("upgraded");
+    let mut flooder = WireConn::upgraded(fg.addr(), Some(64 * 1024));
     flooder
         .stream
         .set_write_timeout(Some(Duration::from_millis(300)))

@@ -632,10 +632,7 @@ const FLOOD_TIME: Duration = Duration::from_secs(6);
 /// not read). The RSS must grow less than 48 MiB over the baseline.
 fn flood(fg: &Feedgate, frame: &[u8], allowed: &[u8], codes: &[u16]) {
     let pid = fg.pid();
-    let mut ws = WireConn::upgrade_from(fg.addr(), None, Some(65536))
-        .unwrap_or_else(|e| panic!("{e}"))
-        .conn
-        .expect("upgraded");
+    let mut ws = WireConn::upgraded(fg.addr(), Some(65536));
     ws.stream
         .set_write_timeout(Some(Duration::from_secs(2)))
         .expect("write timeout");

@@ -410,12 +410,7 @@ fn last_10000_replays_to_20_clients_that_never_read_are_bounded_and_closed() {
     let sampler = RssSampler::start(pid);
     // Small receive buffers, so the kernel cannot soak up the replays.
     let mut sinks: Vec<WireConn> = (0..CLIENTS)
-        .map(|_| {
-            WireConn::upgrade_from(fg.addr(), None, Some(32 * 1024))
-                .unwrap_or_else(|e| panic!("{e}"))
-                .conn
-                .expect("upgraded")
-        })
+        .map(|_| WireConn::upgraded(fg.addr(), Some(32 * 1024)))
         .collect();
     let start = Instant::now();
     for (i, ws) in sinks.iter_mut().enumerate() {
@@ -517,24 +512,7 @@ fn redis_error_text_is_not_relayed_for_a_key_of_another_type() {
 #[test]
 fn redis_error_text_is_not_relayed_for_an_acl_refusal() {
     const USER: &str = "fgsecretuser";
-    let redis = Redis::start();
-    let _: () = redis_cmd(
-        &mut redis.conn(),
-        &[
-            "ACL",
-            "SETUSER",
-            USER,
-            "on",
-            ">pw",
-            "~*",
-            "resetchannels",
-            "&ps.ok*",
-            "+@all",
-        ],
-    );
-    let fg = Feedgate::builder(&redis)
-        .redis_url(format!("redis://{USER}:pw@127.0.0.1:{}", redis.port()))
-        .start();
+    let (_redis, fg) = start_with_acl_user(USER);
     let mut c = fg.connect();
     let reply = subscribe_reply(&mut c, json!({"op": "subscribe", "channel": "ps.secret", "req": 3}));
     assert_eq!(reply["type"], "error", "{reply}");

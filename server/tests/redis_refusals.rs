@@ -69,25 +69,7 @@ fn stream_key_of_another_type_is_an_internal_error_and_other_channels_work() {
 /// A Redis whose user `fg` may subscribe to `ps.ok*` only, and a feedgate
 /// logged in as `fg`.
 fn start_with_acl() -> (Redis, Feedgate) {
-    let redis = Redis::start();
-    let mut con = redis.conn();
-    let _: () = redis_cmd(
-        &mut con,
-        &[
-            "ACL",
-            "SETUSER",
-            "fg",
-            "on",
-            ">pw",
-            "~*",
-            "resetchannels",
-            "&ps.ok*",
-            "+@all",
-        ],
-    );
-    let url = format!("redis://fg:pw@127.0.0.1:{}", redis.port());
-    let fg = Feedgate::builder(&redis).redis_url(url).start();
-    (redis, fg)
+    start_with_acl_user("fg")
 }
 
 #[test]

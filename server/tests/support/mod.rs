@@ -359,6 +359,29 @@ pub fn xadd_padded(con: &mut redis::Connection, key: &str, n: u64, pad: usize) -
     pipe.query(con).expect("XADD pipeline")
 }
 
+/// A Redis whose ACL user `user` (password `pw`) may subscribe to pub/sub
+/// channels `ps.ok*` only, and a feedgate logged in as that user.
+pub fn start_with_acl_user(user: &str) -> (Redis, Feedgate) {
+    let redis = Redis::start();
+    let _: () = redis_cmd(
+        &mut redis.conn(),
+        &[
+            "ACL",
+            "SETUSER",
+            user,
+            "on",
+            ">pw",
+            "~*",
+            "resetchannels",
+            "&ps.ok*",
+            "+@all",
+        ],
+    );
+    let url = format!("redis://{user}:pw@127.0.0.1:{}", redis.port());
+    let fg = Feedgate::builder(&redis).redis_url(url).start();
+    (redis, fg)
+}
+
 /// A thread that keeps XADDing sequenced entries while a test does something
 /// else, with a short pause between entries so the writes span the test's work.
 pub struct Producer {
@@ -1399,6 +1422,15 @@ impl WireConn {
         recv_buffer: Option<usize>,
     ) -> Result<WireUpgrade, String> {
         Self::upgrade_sending(addr, local_ip, recv_buffer, &[])
+    }
+
+    /// An upgraded connection from any local address, with `recv_buffer` as
+    /// its `SO_RCVBUF` when given; panics when the upgrade fails.
+    pub fn upgraded(addr: SocketAddr, recv_buffer: Option<usize>) -> Self {
+        Self::upgrade_from(addr, None, recv_buffer)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .conn
+            .expect("upgraded")
     }
 
     /// Like [`WireConn::upgrade_from`], with `after_head` written in the same
