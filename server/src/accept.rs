@@ -2,8 +2,10 @@
 //! health checks, or the upgrade to a WebSocket.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, RawFd};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::rc::Rc;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -26,12 +28,29 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
 pub async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
     let mut shedder = Shedder::new(listener.as_raw_fd());
     loop {
+        if shedder.out_of_fds {
+            // Out of descriptors: poll the backlog under the process-wide shed
+            // lock instead of an in-flight accept, which could take the
+            // descriptor another core frees for a moment while it sheds.
+            monoio::select! {
+                _ = monoio::time::sleep(ACCEPT_BACKOFF) => {}
+                _ = core.shutdown.wait() => return,
+            }
+            match shedder.poll_backlog() {
+                Polled::Accepted(stream, peer) => match TcpStream::from_std(stream) {
+                    Ok(stream) => admit(&core, stream, peer),
+                    Err(e) => shedder.failed(&e),
+                },
+                Polled::Empty | Polled::StillFull => {}
+                Polled::Failed(e) => shedder.failed(&e),
+            }
+            continue;
+        }
         monoio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     shedder.recovered();
-                    let ticket = core.admission.admit(peer.ip());
-                    monoio::spawn(serve_http(core.clone(), stream, ticket));
+                    admit(&core, stream, peer);
                 }
                 Err(e) => {
                     shedder.failed(&e);
@@ -43,13 +62,41 @@ pub async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
     }
 }
 
+fn admit(core: &Rc<Core>, stream: TcpStream, peer: SocketAddr) {
+    let ticket = core.admission.admit(peer.ip());
+    monoio::spawn(serve_http(core.clone(), stream, ticket));
+}
+
+/// Serialises every core's shedding: a descriptor one core frees for a moment
+/// to shed with must not be taken by another core's accept.
+static SHED_LOCK: Mutex<()> = Mutex::new(());
+
+/// Most connections shed in one poll, so a full backlog drains in a few polls
+/// without holding the lock for long.
+const SHED_BATCH: usize = 64;
+
+/// What one poll of the backlog found while out of descriptors.
+enum Polled {
+    /// A descriptor was free again: a connection to serve.
+    Accepted(std::net::TcpStream, SocketAddr),
+    /// Nothing waits in the backlog; accept normally again.
+    Empty,
+    /// Still out of descriptors; the waiting connections were shed.
+    StillFull,
+    /// Accept failed for another reason.
+    Failed(std::io::Error),
+}
+
 /// Keeps one spare descriptor so that, with the fd table full, the core can
 /// still take a waiting connection off the backlog and close it, instead of
 /// leaving clients to hang in SYN-ACKed limbo; and logs once per episode.
 struct Shedder {
     listener: RawFd,
     reserve: Option<File>,
+    /// Accept failed and has not succeeded since: log once until it does.
     failing: bool,
+    /// The last failure was a full descriptor table.
+    out_of_fds: bool,
 }
 
 impl Shedder {
@@ -58,10 +105,12 @@ impl Shedder {
             listener,
             reserve: File::open("/dev/null").ok(),
             failing: false,
+            out_of_fds: false,
         }
     }
 
     fn recovered(&mut self) {
+        self.out_of_fds = false;
         if self.failing {
             self.failing = false;
             tracing::info!("accepting connections again");
@@ -72,32 +121,77 @@ impl Shedder {
     }
 
     fn failed(&mut self, error: &std::io::Error) {
-        let out_of_fds = matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+        self.out_of_fds = matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
         if !self.failing {
             self.failing = true;
             tracing::warn!(%error, "accept failed; backing off (logged once until accepting works again)");
+        }
+    }
+
+    /// Takes the next waiting connection if a descriptor is free, and
+    /// otherwise sheds what waits with the spare descriptor.
+    fn poll_backlog(&mut self) -> Polled {
+        let _serial = SHED_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match accept_raw(self.listener) {
+            Ok(fd) => {
+                // SAFETY: accept4 just returned this descriptor; nothing else owns it.
+                let stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+                return match stream.peer_addr() {
+                    Ok(peer) => {
+                        self.recovered();
+                        Polled::Accepted(stream, peer)
+                    }
+                    Err(e) => Polled::Failed(e),
+                };
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                self.out_of_fds = false;
+                return Polled::Empty;
+            }
+            Err(e) if !matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                return Polled::Failed(e);
+            }
+            Err(_) => {}
         }
         // Another task (a Redis reconnect, say) may have taken the descriptor
         // freed last time: get the spare back before shedding with it.
         if self.reserve.is_none() {
             self.reserve = File::open("/dev/null").ok();
         }
-        if out_of_fds && self.reserve.take().is_some() {
-            // SAFETY: accept4 on our own non-blocking listener; the fd it
-            // returns (if any) is closed at once and never used otherwise.
-            unsafe {
-                let fd = libc::accept4(
-                    self.listener,
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                    libc::SOCK_CLOEXEC,
-                );
-                if fd >= 0 {
-                    libc::close(fd);
-                }
+        for _ in 0..SHED_BATCH {
+            if self.reserve.take().is_none() {
+                break;
+            }
+            let shed = accept_raw(self.listener);
+            if let Ok(fd) = shed {
+                // SAFETY: accept4 just returned this descriptor; closing it
+                // sheds the connection and nothing else refers to it.
+                unsafe { libc::close(fd) };
             }
             self.reserve = File::open("/dev/null").ok();
+            if shed.is_err() {
+                break;
+            }
         }
+        Polled::StillFull
+    }
+}
+
+/// One non-blocking accept on `listener`.
+fn accept_raw(listener: RawFd) -> std::io::Result<RawFd> {
+    // SAFETY: accept4 on our own non-blocking listener with no address out-pointers.
+    let fd = unsafe {
+        libc::accept4(
+            listener,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+        )
+    };
+    if fd < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(fd)
     }
 }
 
