@@ -49,14 +49,67 @@ impl std::str::FromStr for Source {
     }
 }
 
+/// What happens to a client whose outbound queue is full (PROTOCOL.md section 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SlowConsumer {
+    /// Close the connection with 4008; the client resumes with `since`.
+    #[default]
+    Disconnect,
+    /// Drop that channel's oldest queued messages and announce the hole with `gap`.
+    DropOldest,
+    /// Replace a queued message by a newer one of the same channel (and key).
+    Conflate,
+}
+
+impl SlowConsumer {
+    /// The name used in configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SlowConsumer::Disconnect => "disconnect",
+            SlowConsumer::DropOldest => "drop_oldest",
+            SlowConsumer::Conflate => "conflate",
+        }
+    }
+}
+
+impl std::str::FromStr for SlowConsumer {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "disconnect" => Ok(SlowConsumer::Disconnect),
+            "drop_oldest" => Ok(SlowConsumer::DropOldest),
+            "conflate" => Ok(SlowConsumer::Conflate),
+            other => Err(format!(
+                "unknown slow_consumer `{other}` (expected `disconnect`, `drop_oldest` or `conflate`)"
+            )),
+        }
+    }
+}
+
 /// One namespace: every channel whose name starts with `prefix`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Namespace {
     pub prefix: String,
     #[serde(default)]
     pub source: Source,
+    /// What a full outbound queue does to this namespace's deliveries.
+    #[serde(default)]
+    pub slow_consumer: SlowConsumer,
+    /// The top-level payload field naming the instrument, for conflation and
+    /// snapshots.
+    #[serde(default)]
+    pub key: Option<String>,
 }
+
+/// The default namespace: streams, `disconnect`, no key.
+static DEFAULT_NAMESPACE: Namespace = Namespace {
+    prefix: String::new(),
+    source: Source::Stream,
+    slow_consumer: SlowConsumer::Disconnect,
+    key: None,
+};
 
 /// The configured namespaces; a channel belongs to the one with the longest
 /// matching prefix, and to the default (stream) namespace when none matches.
@@ -75,13 +128,17 @@ impl Namespaces {
         }
     }
 
-    /// The source of `channel`.
-    pub fn source_of(&self, channel: &str) -> Source {
+    /// The namespace `channel` belongs to.
+    pub fn of(&self, channel: &str) -> &Namespace {
         self.by_prefix_len
             .iter()
             .find(|ns| channel.starts_with(ns.prefix.as_str()))
-            .map(|ns| ns.source)
-            .unwrap_or_default()
+            .unwrap_or(&DEFAULT_NAMESPACE)
+    }
+
+    /// The source of `channel`.
+    pub fn source_of(&self, channel: &str) -> Source {
+        self.of(channel).source
     }
 }
 
@@ -121,15 +178,36 @@ mod tests {
             Namespace {
                 prefix: "ps.".into(),
                 source: Source::Pubsub,
+                ..Namespace::default()
             },
             Namespace {
                 prefix: "ps.durable.".into(),
                 source: Source::Stream,
+                slow_consumer: SlowConsumer::Conflate,
+                key: Some("sym".into()),
             },
         ]);
         assert_eq!(ns.source_of("ps.x"), Source::Pubsub);
         assert_eq!(ns.source_of("ps.durable.x"), Source::Stream);
         assert_eq!(ns.source_of("md.x"), Source::Stream);
+        assert_eq!(ns.of("ps.durable.x").key.as_deref(), Some("sym"));
+        assert_eq!(ns.of("ps.x").slow_consumer, SlowConsumer::Disconnect);
+        assert_eq!(ns.of("md.x"), &DEFAULT_NAMESPACE);
+    }
+
+    #[test]
+    fn slow_consumer_policies_parse_by_their_config_names() {
+        for policy in [
+            SlowConsumer::Disconnect,
+            SlowConsumer::DropOldest,
+            SlowConsumer::Conflate,
+        ] {
+            assert_eq!(policy.as_str().parse::<SlowConsumer>(), Ok(policy));
+        }
+        assert!("drop_newest"
+            .parse::<SlowConsumer>()
+            .unwrap_err()
+            .contains("drop_newest"));
     }
 
     proptest! {

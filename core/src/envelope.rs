@@ -50,6 +50,25 @@ pub fn subscribed(name: &str, req_id: Option<u64>, start: Option<StreamStart>) -
     out
 }
 
+/// `{"type":"gap","channel":c,"after":id,"dropped":n}` (PROTOCOL.md section
+/// 6): deliveries of `name` skipped entries after `after`; `dropped` where the
+/// count is known. A pub/sub channel has no ids: its gap carries no `after`.
+pub fn gap(name: &str, after: Option<StreamId>, dropped: Option<u64>) -> Vec<u8> {
+    let mut out = open("gap");
+    channel(&mut out, name);
+    if let Some(after) = after {
+        out.extend_from_slice(b",\"after\":\"");
+        after.write_to(&mut out);
+        out.push(b'"');
+    }
+    if let Some(n) = dropped {
+        out.extend_from_slice(b",\"dropped\":");
+        out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    }
+    out.push(b'}');
+    out
+}
+
 /// `{"type":"unsubscribed","channel":c,"req":n}`.
 pub fn unsubscribed(name: &str, req_id: Option<u64>) -> Vec<u8> {
     let mut out = open("unsubscribed");
@@ -105,6 +124,22 @@ mod tests {
         assert_eq!(
             s(subscribed("md.x", Some(3), Some(start))),
             r#"{"type":"subscribed","channel":"md.x","req":3,"position":"5-1","recovered":false}"#
+        );
+    }
+
+    #[test]
+    fn gap_names_the_last_delivered_id_and_the_count_where_known() {
+        assert_eq!(
+            s(gap("md.x", Some(StreamId::new(7, 2)), Some(3))),
+            r#"{"type":"gap","channel":"md.x","after":"7-2","dropped":3}"#
+        );
+        assert_eq!(
+            s(gap("md.x", Some(StreamId::new(7, 2)), None)),
+            r#"{"type":"gap","channel":"md.x","after":"7-2"}"#
+        );
+        assert_eq!(
+            s(gap("ps.x", None, Some(1))),
+            r#"{"type":"gap","channel":"ps.x","dropped":1}"#
         );
     }
 

@@ -11,7 +11,8 @@
 //! - [`json_guard`]: the depth and escape checks run on client JSON before parsing.
 //! - [`error`]: protocol error codes and the crate's error type.
 //! - [`resp`]: RESP commands and the decoding of Redis replies.
-//! - [`queue`]: a connection's bounded outbound queue.
+//! - [`key`]: a namespace's `key` field, read off a payload.
+//! - [`queue`]: a connection's bounded outbound queue and its slow-consumer policies.
 //! - [`rate`]: a connection's op rate limit.
 //! - [`replay`]: the arithmetic of `recovered` for replays.
 //! - [`config`]: the configuration file's types and checks.
@@ -24,6 +25,7 @@ pub mod frame;
 pub mod http;
 pub mod inbound;
 pub mod json_guard;
+pub mod key;
 pub mod op;
 pub mod payload;
 pub mod queue;

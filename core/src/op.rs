@@ -1,6 +1,8 @@
 //! Client ops (PROTOCOL.md section 3): parsed, not just validated, so the server
 //! acts on types that cannot be wrong.
 
+use std::time::Duration;
+
 use simd_json::prelude::*;
 use simd_json::BorrowedValue;
 
@@ -18,16 +20,32 @@ pub enum Start {
     Since(StreamId),
     /// With the newest N retained entries.
     Last(u64),
+    /// With the newest entry of each key value among the newest `max_last`.
+    Snapshot,
 }
+
+/// Fastest and slowest `max_rate` a subscribe may ask for, per second.
+pub const MAX_RATE_RANGE: (f64, f64) = (0.001, 1_000_000.0);
 
 /// One op from a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    Subscribe { channel: String, start: Start },
-    Unsubscribe { channel: String },
+    Subscribe {
+        channel: String,
+        start: Start,
+        /// `max_rate`, as the least time between two deliveries.
+        min_interval: Option<Duration>,
+    },
+    Unsubscribe {
+        channel: String,
+    },
     Ping,
-    Auth { token: String },
-    Publish { channel: String },
+    Auth {
+        token: String,
+    },
+    Publish {
+        channel: String,
+    },
 }
 
 /// A parsed op and its `req`, to be echoed in the reply.
@@ -113,19 +131,43 @@ pub fn parse(text: &mut [u8]) -> Result<Request, OpError> {
                         .ok_or_else(|| bad(req, ErrorCode::BadRequest, "`last` must be an unsigned integer"))?,
                 ),
             };
-            let start = match (since, last) {
-                (None, None) => Start::Live,
-                (Some(id), None) => Start::Since(id),
-                (None, Some(n)) => Start::Last(n),
-                (Some(_), Some(_)) => {
+            let snapshot = match obj.get("snapshot") {
+                None => false,
+                Some(v) => v
+                    .as_bool()
+                    .ok_or_else(|| bad(req, ErrorCode::BadRequest, "`snapshot` must be true or false"))?,
+            };
+            let start = match (since, last, snapshot) {
+                (None, None, false) => Start::Live,
+                (Some(id), None, false) => Start::Since(id),
+                (None, Some(n), false) => Start::Last(n),
+                (None, None, true) => Start::Snapshot,
+                _ => {
                     return Err(bad(
                         req,
                         ErrorCode::BadRequest,
-                        "`since` and `last` cannot be used together",
+                        "only one of `since`, `last` and `snapshot` may be given",
                     ))
                 }
             };
-            Op::Subscribe { channel, start }
+            let min_interval = match obj.get("max_rate") {
+                None => None,
+                Some(v) => Some(v.cast_f64().and_then(min_interval_of).ok_or_else(|| {
+                    bad(
+                        req,
+                        ErrorCode::BadRequest,
+                        format!(
+                            "`max_rate` must be a number of messages per second from {} to {}",
+                            MAX_RATE_RANGE.0, MAX_RATE_RANGE.1
+                        ),
+                    )
+                })?),
+            };
+            Op::Subscribe {
+                channel,
+                start,
+                min_interval,
+            }
         }
         "unsubscribe" => Op::Unsubscribe {
             channel: channel_field()?,
@@ -150,6 +192,12 @@ pub fn parse(text: &mut [u8]) -> Result<Request, OpError> {
         }
     };
     Ok(Request { req, op })
+}
+
+/// The least time between deliveries at `rate` messages per second, when the
+/// rate is within [`MAX_RATE_RANGE`].
+fn min_interval_of(rate: f64) -> Option<Duration> {
+    (rate >= MAX_RATE_RANGE.0 && rate <= MAX_RATE_RANGE.1).then(|| Duration::from_secs_f64(1.0 / rate))
 }
 
 /// The `req` of a message, for an error reply to an op that is not handled
@@ -197,7 +245,8 @@ mod tests {
                 req: Some(4),
                 op: Op::Subscribe {
                     channel: "md.x".into(),
-                    start: Start::Live
+                    start: Start::Live,
+                    min_interval: None
                 }
             }
         );
@@ -205,14 +254,16 @@ mod tests {
             p(r#"{"op":"subscribe","channel":"md.x","since":"5-1"}"#).unwrap().op,
             Op::Subscribe {
                 channel: "md.x".into(),
-                start: Start::Since(StreamId::new(5, 1))
+                start: Start::Since(StreamId::new(5, 1)),
+                min_interval: None
             }
         );
         assert_eq!(
             p(r#"{"op":"subscribe","channel":"md.x","last":10}"#).unwrap().op,
             Op::Subscribe {
                 channel: "md.x".into(),
-                start: Start::Last(10)
+                start: Start::Last(10),
+                min_interval: None
             }
         );
         assert_eq!(
@@ -277,6 +328,42 @@ mod tests {
         );
         assert_eq!(code(r#"{"op":"unsubscribe"}"#), (None, ErrorCode::BadRequest));
         assert_eq!(code(r#"{"op":"publish","channel":"a"}"#), (None, ErrorCode::BadRequest));
+    }
+
+    #[test]
+    fn parses_snapshot_and_max_rate() {
+        assert_eq!(
+            p(r#"{"op":"subscribe","channel":"md.x","snapshot":true,"max_rate":4}"#)
+                .unwrap()
+                .op,
+            Op::Subscribe {
+                channel: "md.x".into(),
+                start: Start::Snapshot,
+                min_interval: Some(Duration::from_millis(250)),
+            }
+        );
+        assert_eq!(
+            p(r#"{"op":"subscribe","channel":"md.x","snapshot":false,"max_rate":0.5}"#)
+                .unwrap()
+                .op,
+            Op::Subscribe {
+                channel: "md.x".into(),
+                start: Start::Live,
+                min_interval: Some(Duration::from_secs(2)),
+            }
+        );
+        for bad in [
+            r#"{"op":"subscribe","channel":"a","snapshot":1}"#,
+            r#"{"op":"subscribe","channel":"a","snapshot":true,"last":3}"#,
+            r#"{"op":"subscribe","channel":"a","snapshot":true,"since":"1-1"}"#,
+            r#"{"op":"subscribe","channel":"a","max_rate":0}"#,
+            r#"{"op":"subscribe","channel":"a","max_rate":-3}"#,
+            r#"{"op":"subscribe","channel":"a","max_rate":"10"}"#,
+            r#"{"op":"subscribe","channel":"a","max_rate":1e300}"#,
+            r#"{"op":"subscribe","channel":"a","max_rate":0.0001}"#,
+        ] {
+            assert_eq!(code(bad), (None, ErrorCode::BadRequest), "{bad}");
+        }
     }
 
     #[test]
@@ -477,7 +564,11 @@ mod tests {
                         (None, Some(n)) => Start::Last(n),
                         (Some(_), Some(_)) => return bad(ErrorCode::BadRequest),
                     };
-                    Op::Subscribe { channel, start }
+                    Op::Subscribe {
+                        channel,
+                        start,
+                        min_interval: None,
+                    }
                 }
                 "unsubscribe" => Op::Unsubscribe { channel: channel()? },
                 "ping" => Op::Ping,

@@ -27,6 +27,7 @@ mod reader;
 mod redis;
 mod runtime;
 mod settings;
+mod snapshot;
 mod subscribe;
 mod writev;
 mod ws;

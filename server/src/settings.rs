@@ -5,7 +5,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
 use clap::Parser;
-use feedgate_core::channel::{Namespace, Namespaces, Source};
+use feedgate_core::channel::{Namespace, Namespaces, SlowConsumer, Source};
 use feedgate_core::config::{BadValue, FileConfig, Limits, RedisUrl};
 
 /// Command-line flags; each also reads `FEEDGATE_<NAME>` from the environment.
@@ -72,12 +72,14 @@ pub struct Cli {
     /// Replays (`since`, `last`) one core runs at once; more wait their turn [default: 64].
     #[arg(long, env = "FEEDGATE_MAX_REPLAYS_PER_CORE", value_name = "N")]
     pub max_replays_per_core: Option<usize>,
-    /// A namespace as PREFIX=SOURCE (source: stream or pubsub); repeatable, or
-    /// comma-separated in FEEDGATE_NAMESPACES. Replaces the file's namespaces.
+    /// A namespace as PREFIX=SOURCE[:SLOW_CONSUMER[:KEY]] (source: stream or
+    /// pubsub; slow consumer: disconnect, drop_oldest or conflate; key: the
+    /// payload field naming the instrument); repeatable, or comma-separated in
+    /// FEEDGATE_NAMESPACES. Replaces the file's namespaces.
     #[arg(
         long = "namespace",
         env = "FEEDGATE_NAMESPACES",
-        value_name = "PREFIX=SOURCE",
+        value_name = "PREFIX=SOURCE[:SLOW_CONSUMER[:KEY]]",
         value_delimiter = ','
     )]
     pub namespaces: Vec<String>,
@@ -252,13 +254,32 @@ fn resolve_addr(text: &str) -> Result<SocketAddr, String> {
 }
 
 fn parse_namespace(text: &str) -> Result<Namespace, SettingsError> {
-    let (prefix, source) = text
-        .split_once('=')
-        .ok_or_else(|| bad("namespaces", format!("`{text}` is not PREFIX=SOURCE")))?;
-    let source: Source = source.parse().map_err(|e: String| bad("namespaces", e))?;
+    let (prefix, rest) = text.split_once('=').ok_or_else(|| {
+        bad(
+            "namespaces",
+            format!("`{text}` is not PREFIX=SOURCE[:SLOW_CONSUMER[:KEY]]"),
+        )
+    })?;
+    let mut parts = rest.splitn(3, ':');
+    let source: Source = parts
+        .next()
+        .unwrap_or_default()
+        .parse()
+        .map_err(|e: String| bad("namespaces", e))?;
+    let slow_consumer: SlowConsumer = match parts.next() {
+        Some(policy) => policy.parse().map_err(|e: String| bad("namespaces", e))?,
+        None => SlowConsumer::default(),
+    };
+    let key = match parts.next() {
+        Some("") => return Err(bad("namespaces", format!("`{text}` names an empty key"))),
+        Some(key) => Some(key.to_owned()),
+        None => None,
+    };
     Ok(Namespace {
         prefix: prefix.to_owned(),
         source,
+        slow_consumer,
+        key,
     })
 }
 
@@ -299,6 +320,34 @@ mod tests {
         assert!(err.contains("kafka"), "{err}");
         let err = Settings::resolve(cli(&["--replay-page", "0"])).unwrap_err().to_string();
         assert!(err.contains("limits.replay_page"), "{err}");
+    }
+
+    #[test]
+    fn a_namespace_flag_may_name_its_policy_and_key() {
+        let s = Settings::resolve(cli(&[
+            "--namespace",
+            "md.=stream:conflate:sym",
+            "--namespace",
+            "ps.=pubsub:drop_oldest",
+            "--namespace",
+            "raw.=stream",
+        ]))
+        .unwrap();
+        let md = s.namespaces.of("md.BTC");
+        assert_eq!(
+            (md.slow_consumer, md.key.as_deref()),
+            (SlowConsumer::Conflate, Some("sym"))
+        );
+        let ps = s.namespaces.of("ps.x");
+        assert_eq!(
+            (ps.source, ps.slow_consumer, ps.key.as_deref()),
+            (Source::Pubsub, SlowConsumer::DropOldest, None)
+        );
+        assert_eq!(s.namespaces.of("raw.x").slow_consumer, SlowConsumer::Disconnect);
+        for bad in ["md.=stream:newest", "md.=stream:conflate:", "md.=stream:"] {
+            let err = Settings::resolve(cli(&["--namespace", bad])).unwrap_err().to_string();
+            assert!(err.contains("namespaces"), "{bad}: {err}");
+        }
     }
 
     #[test]

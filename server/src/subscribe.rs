@@ -23,6 +23,7 @@ use crate::conn::{close_code, Conn, SLOW_CONSUMER_REASON};
 use crate::core::Core;
 use crate::hub::Joined;
 use crate::redis::{self, LinkError, RespConn};
+use crate::snapshot;
 
 /// How long setting up a channel (SUBSCRIBE confirmed, first stream position)
 /// may take before the subscribe answers `unavailable`.
@@ -63,8 +64,15 @@ fn bad_reply(e: ReplyError) -> ProtocolError {
 }
 
 /// Handles `subscribe`; replies (or errors) go to `conn`.
-pub async fn subscribe(core: &Rc<Core>, conn: &Rc<Conn>, req: Option<u64>, channel: &str, start: Start) {
-    if let Err(e) = try_subscribe(core, conn, req, channel, start).await {
+pub async fn subscribe(
+    core: &Rc<Core>,
+    conn: &Rc<Conn>,
+    req: Option<u64>,
+    channel: &str,
+    start: Start,
+    min_interval: Option<Duration>,
+) {
+    if let Err(e) = try_subscribe(core, conn, req, channel, start, min_interval).await {
         conn.send_json(&envelope::error(e.code, &e.message, req));
     }
 }
@@ -75,13 +83,21 @@ async fn try_subscribe(
     req: Option<u64>,
     channel: &str,
     start: Start,
+    _min_interval: Option<Duration>,
 ) -> Result<(), ProtocolError> {
-    let source = core.settings.namespaces.source_of(channel);
+    let namespace = core.settings.namespaces.of(channel);
+    let source = namespace.source;
     let limits = &core.settings.limits;
+    if start == Start::Snapshot && namespace.key.is_none() {
+        return Err(ProtocolError::new(
+            ErrorCode::BadRequest,
+            format!("`snapshot` needs a namespace with a `key`; {channel}'s has none"),
+        ));
+    }
     if source == Source::Pubsub && start != Start::Live {
         return Err(ProtocolError::new(
             ErrorCode::BadRequest,
-            format!("`since` and `last` apply to stream channels only; {channel} is pub/sub"),
+            format!("`since`, `last` and `snapshot` apply to stream channels only; {channel} is pub/sub"),
         ));
     }
     if let Start::Last(n) = start {
@@ -235,6 +251,7 @@ async fn subscribe_stream(
         }
         Start::Last(n) => replay_last(core, conn, req, name, &key, n, joined_at).await?,
         Start::Since(since) => replay_since(core, conn, req, name, &key, since, joined_at).await?,
+        Start::Snapshot => snapshot::replay_snapshot(core, conn, req, name, &key, joined_at).await?,
     };
     // Live frames held during the replay outgrew their bound (the core read a
     // burst meanwhile) and were dropped: read them from Redis too, until none

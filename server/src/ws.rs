@@ -172,7 +172,11 @@ async fn handle(core: &Rc<Core>, conn: &Rc<Conn>, mut text: Vec<u8>) {
     };
     let req = request.req;
     match request.op {
-        Op::Subscribe { channel, start } => subscribe::subscribe(core, conn, req, &channel, start).await,
+        Op::Subscribe {
+            channel,
+            start,
+            min_interval,
+        } => subscribe::subscribe(core, conn, req, &channel, start, min_interval).await,
         Op::Unsubscribe { channel } => subscribe::unsubscribe(core, conn, req, &channel),
         Op::Ping => conn.send_json(&envelope::pong(req)),
         // Auth is off until JWT support lands: every client may do everything.
