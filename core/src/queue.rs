@@ -1,8 +1,27 @@
-//! A connection's bounded outbound queue of shared frames.
+//! A connection's bounded outbound queue of shared frames, and the
+//! slow-consumer policies of PROTOCOL.md section 6.
+//!
+//! Frames of `disconnect` channels, replies and control frames go in as they
+//! are: past the byte bound the push fails and the caller closes with 4008.
+//! A subscription of a `drop_oldest` or `conflate` channel opens a *lane*:
+//! its deliveries carry the lane, and a full queue drops that lane's oldest
+//! deliveries, announced by one `gap` just before the lane's next delivery,
+//! or (conflate) a newer delivery of the same key replaces the queued one. A lane may also be
+//! throttled (`max_rate`): deliveries wait in the lane, conflated by key,
+//! and are released one per interval.
+//!
+//! Sequence numbers name slots: slot `seq` sits at `seq - head` in the deque.
+//! A replaced or dropped delivery leaves a tombstone, so no removal shifts
+//! the deque; tombstones are compacted away once they outnumber live slots.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+
+use crate::channel::SlowConsumer;
+use crate::{envelope, frame, StreamId};
 
 /// The queue is over its byte limit: the client is not keeping up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -17,29 +36,162 @@ pub struct Overflow {
 /// 4008: 320 MiB of RSS.
 pub const FRAME_OVERHEAD: usize = 64;
 
+/// What a queued `gap` counts against the limit: its slot and its JSON.
+pub const GAP_COST: usize = FRAME_OVERHEAD + 128;
+
+/// Tombstones tolerated before a compaction is considered.
+const COMPACT_AFTER: usize = 64;
+
+/// A lane: one `drop_oldest`, `conflate` or throttled subscription.
+pub type LaneId = u32;
+
+/// What pushes and drains did to deliveries, for the per-core counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Deliveries dropped by `drop_oldest` (or by `conflate` past the bound).
+    pub dropped: u64,
+    /// Queued deliveries replaced by a newer one of the same key.
+    pub conflated: u64,
+    /// Deliveries held back by `max_rate` (conflated or released later).
+    pub throttled: u64,
+    /// `gap` messages handed to the writer.
+    pub gaps: u64,
+}
+
+impl Counts {
+    /// Adds `other` into `self`.
+    pub fn add(&mut self, other: Counts) {
+        self.dropped += other.dropped;
+        self.conflated += other.conflated;
+        self.throttled += other.throttled;
+        self.gaps += other.gaps;
+    }
+}
+
+/// How a lane was opened.
+#[derive(Debug, Clone)]
+pub struct LaneSpec {
+    /// The channel, named in its `gap` messages.
+    pub channel: Rc<str>,
+    /// What a full queue does to this lane's deliveries.
+    pub policy: SlowConsumer,
+    /// Stream channels carry ids; a pub/sub channel's gap has no `after`.
+    pub stream: bool,
+    /// The id after which this subscription's deliveries start.
+    pub after: StreamId,
+    /// `max_rate`, as the least time between two deliveries.
+    pub min_interval: Option<Duration>,
+}
+
+/// One delivery of a lane: its frame, stream id and key value.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub frame: Bytes,
+    pub id: StreamId,
+    /// The namespace `key`'s value in the payload; `None` conflates by channel.
+    pub key: Option<Bytes>,
+}
+
+/// What a push into a lane did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Queued for the writer.
+    Queued,
+    /// Held back by the lane's `max_rate`; the caller must call
+    /// [`OutQueue::release_due`] at `due` (it is newly due when `schedule`).
+    Throttled { due: Instant, schedule: bool },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Frame,
+    /// A delivery that was replaced or dropped.
+    Tombstone,
+}
+
+#[derive(Debug)]
+struct Slot {
+    frame: Bytes,
+    lane: Option<LaneId>,
+    kind: Kind,
+    id: StreamId,
+}
+
+/// Deliveries of a lane lost since its last delivery out: announced with a
+/// `gap` just before its next delivery goes to the writer.
+#[derive(Debug, Clone, Copy)]
+struct Hole {
+    after: Option<StreamId>,
+    dropped: u64,
+}
+
+#[derive(Debug)]
+struct Lane {
+    spec: LaneSpec,
+    /// Sequence numbers of this lane's queued deliveries, oldest first (some
+    /// may have been drained or replaced since; skipped when met).
+    queued: VecDeque<u64>,
+    /// Conflate: key value -> the slot holding its newest queued delivery.
+    by_key: HashMap<Bytes, u64>,
+    /// The id of the lane's last delivery handed to the writer.
+    last_out: StreamId,
+    /// Deliveries lost and not yet announced (charged [`GAP_COST`]).
+    hole: Option<Hole>,
+    throttle: Option<Throttle>,
+}
+
+/// A `max_rate` lane's waiting deliveries, conflated by key, oldest first.
+#[derive(Debug)]
+struct Throttle {
+    interval: Duration,
+    /// When the next delivery may go out.
+    next_at: Option<Instant>,
+    /// Whether a release is scheduled with the caller.
+    scheduled: bool,
+    waiting: BTreeMap<u64, Delivery>,
+    by_key: HashMap<Bytes, u64>,
+    next_seq: u64,
+    bytes: usize,
+    /// Waiting deliveries dropped to stay within the bound: a gap precedes
+    /// the next release.
+    lost: u64,
+}
+
 /// Frames waiting for a connection's writer, bounded in bytes (each frame
 /// counted as its length plus [`FRAME_OVERHEAD`]).
 #[derive(Debug)]
 pub struct OutQueue {
-    frames: VecDeque<Bytes>,
+    slots: VecDeque<Slot>,
+    /// The sequence number of `slots[0]`.
+    head: u64,
     bytes: usize,
     limit: usize,
+    /// Slots that are frames or gaps (not tombstones).
+    live: usize,
+    lanes: HashMap<LaneId, Lane>,
+    next_lane: LaneId,
+    counts: Counts,
 }
 
 impl OutQueue {
     /// An empty queue that holds at most `limit` bytes of frames.
     pub fn new(limit: usize) -> Self {
         Self {
-            frames: VecDeque::new(),
+            slots: VecDeque::new(),
+            head: 0,
             bytes: 0,
             limit,
+            live: 0,
+            lanes: HashMap::new(),
+            next_lane: 0,
+            counts: Counts::default(),
         }
     }
 
     /// Queues `frame` (a refcount bump, not a copy), or refuses it when the queue
     /// would go over its limit.
     pub fn push(&mut self, frame: Bytes) -> Result<(), Overflow> {
-        if self.bytes + cost(&frame) > self.limit && !self.frames.is_empty() {
+        if self.bytes + cost(&frame) > self.limit && self.live > 0 {
             return Err(Overflow { limit: self.limit });
         }
         self.push_unbounded(frame);
@@ -48,17 +200,153 @@ impl OutQueue {
 
     /// Queues a frame that must go out whatever the limit (a close frame).
     pub fn push_unbounded(&mut self, frame: Bytes) {
-        self.bytes += cost(&frame);
-        self.frames.push_back(frame);
+        self.append(frame, None, Kind::Frame, StreamId::ZERO);
     }
 
-    /// Moves up to `max` frames into `out`, oldest first.
-    pub fn drain_into(&mut self, out: &mut Vec<Bytes>, max: usize) {
-        let n = self.frames.len().min(max);
-        for frame in self.frames.drain(..n) {
-            self.bytes -= cost(&frame);
-            out.push(frame);
+    /// Opens a lane for a subscription whose deliveries follow `spec`.
+    pub fn open_lane(&mut self, spec: LaneSpec) -> LaneId {
+        let id = self.next_lane;
+        self.next_lane = self.next_lane.wrapping_add(1);
+        let throttle = spec.min_interval.map(|interval| Throttle {
+            interval,
+            next_at: None,
+            scheduled: false,
+            waiting: BTreeMap::new(),
+            by_key: HashMap::new(),
+            next_seq: 0,
+            bytes: 0,
+            lost: 0,
+        });
+        let last_out = spec.after;
+        self.lanes.insert(
+            id,
+            Lane {
+                spec,
+                queued: VecDeque::new(),
+                by_key: HashMap::new(),
+                last_out,
+                hole: None,
+                throttle,
+            },
+        );
+        id
+    }
+
+    /// Closes a lane (unsubscribe): what it queued still goes out, what its
+    /// throttle held is dropped.
+    pub fn close_lane(&mut self, lane: LaneId) {
+        if let Some(lane) = self.lanes.remove(&lane) {
+            if let Some(throttle) = lane.throttle {
+                self.bytes -= throttle.bytes;
+            }
+            if lane.hole.is_some() {
+                self.bytes -= GAP_COST;
+            }
         }
+    }
+
+    /// Queues a delivery of `lane` under its policy and rate. Hot path for
+    /// `drop_oldest` and `conflate` channels: a lane lookup, a slot push and,
+    /// only when the queue is full, drops.
+    pub fn push_delivery(&mut self, lane_id: LaneId, delivery: Delivery, now: Instant) -> Result<Pushed, Overflow> {
+        let Some(lane) = self.lanes.get_mut(&lane_id) else {
+            return self.push(delivery.frame).map(|()| Pushed::Queued);
+        };
+        if let Some(throttle) = &mut lane.throttle {
+            let free = throttle.waiting.is_empty() && throttle.next_at.is_none_or(|at| at <= now);
+            if !free {
+                self.counts.throttled += 1;
+                let due = self.hold(lane_id, delivery, now);
+                return Ok(due);
+            }
+            throttle.next_at = Some(now + throttle.interval);
+        }
+        self.queue_delivery(lane_id, delivery).map(|()| Pushed::Queued)
+    }
+
+    /// Moves the throttled lane's oldest waiting delivery into the queue when
+    /// it is due; returns when the next one is due, if any waits.
+    pub fn release_due(&mut self, lane_id: LaneId, now: Instant) -> Result<Option<Instant>, Overflow> {
+        let Some(throttle) = self.lanes.get_mut(&lane_id).and_then(|l| l.throttle.as_mut()) else {
+            return Ok(None);
+        };
+        throttle.scheduled = false;
+        if let Some(at) = throttle.next_at.filter(|&at| at > now) {
+            if !throttle.waiting.is_empty() {
+                throttle.scheduled = true;
+                return Ok(Some(at));
+            }
+            return Ok(None);
+        }
+        let Some((_, delivery)) = throttle.waiting.pop_first() else {
+            throttle.next_at = None;
+            return Ok(None);
+        };
+        throttle.by_key.remove(delivery.key.as_deref().unwrap_or_default());
+        throttle.bytes -= cost(&delivery.frame);
+        self.bytes -= cost(&delivery.frame);
+        let lost = std::mem::take(&mut throttle.lost);
+        let next_at = now + throttle.interval;
+        throttle.next_at = Some(next_at);
+        let more = !throttle.waiting.is_empty();
+        throttle.scheduled = more;
+        if lost > 0 {
+            self.record_drops(lane_id, lost);
+        }
+        self.queue_delivery(lane_id, delivery)?;
+        Ok(more.then_some(next_at))
+    }
+
+    /// Moves up to `max` frames into `out`, oldest first; a lane's `gap` goes
+    /// just before its next delivery, so a hole is announced once, whole.
+    pub fn drain_into(&mut self, out: &mut Vec<Bytes>, max: usize) {
+        let mut moved = 0;
+        while moved < max {
+            let Some(slot) = self.slots.front() else {
+                break;
+            };
+            if slot.kind == Kind::Tombstone {
+                self.slots.pop_front();
+                self.head += 1;
+                continue;
+            }
+            if let Some(lane) = slot.lane.and_then(|id| self.lanes.get_mut(&id)) {
+                if let Some(hole) = lane.hole {
+                    if moved + 2 > max {
+                        break;
+                    }
+                    lane.hole = None;
+                    self.bytes -= GAP_COST;
+                    let dropped = (lane.spec.policy == SlowConsumer::DropOldest).then_some(hole.dropped);
+                    out.push(frame::text(&envelope::gap(&lane.spec.channel, hole.after, dropped)));
+                    self.counts.gaps += 1;
+                    moved += 1;
+                }
+                lane.last_out = slot.id;
+            }
+            let Some(slot) = self.slots.pop_front() else {
+                break;
+            };
+            self.head += 1;
+            self.live -= 1;
+            self.bytes -= cost(&slot.frame);
+            out.push(slot.frame);
+            moved += 1;
+        }
+        if self.slots.is_empty() {
+            self.forget_positions();
+        }
+    }
+
+    /// Records `n` deliveries of `lane` lost outside the queue (dropped while
+    /// held for a replay): a gap precedes the lane's next delivery.
+    pub fn note_lost(&mut self, lane: LaneId, n: u64) {
+        self.record_drops(lane, n);
+    }
+
+    /// The counts since the last call.
+    pub fn take_counts(&mut self) -> Counts {
+        std::mem::take(&mut self.counts)
     }
 
     /// The most bytes the queue holds.
@@ -66,20 +354,222 @@ impl OutQueue {
         self.limit
     }
 
-    /// Bytes queued, overhead included.
+    /// Bytes queued (throttled deliveries included), overhead included.
     pub fn bytes(&self) -> usize {
         self.bytes
     }
 
-    /// Whether nothing is queued.
+    /// Whether nothing is queued for the writer.
     pub fn is_empty(&self) -> bool {
-        self.frames.is_empty()
+        self.live == 0
     }
 
-    /// Drops everything queued.
+    /// Drops everything queued, throttled deliveries included.
     pub fn clear(&mut self) {
-        self.frames.clear();
+        self.head += self.slots.len() as u64;
+        self.slots.clear();
         self.bytes = 0;
+        self.live = 0;
+        for lane in self.lanes.values_mut() {
+            lane.queued.clear();
+            lane.by_key.clear();
+            lane.hole = None;
+            if let Some(throttle) = &mut lane.throttle {
+                throttle.waiting.clear();
+                throttle.by_key.clear();
+                throttle.bytes = 0;
+            }
+        }
+    }
+
+    fn append(&mut self, frame: Bytes, lane: Option<LaneId>, kind: Kind, id: StreamId) -> u64 {
+        self.bytes += cost(&frame);
+        self.live += 1;
+        self.slots.push_back(Slot { frame, lane, kind, id });
+        self.head + self.slots.len() as u64 - 1
+    }
+
+    fn slot_mut(&mut self, seq: u64) -> Option<&mut Slot> {
+        let at = usize::try_from(seq.checked_sub(self.head)?).ok()?;
+        self.slots.get_mut(at)
+    }
+
+    fn is_queued_frame(&self, seq: u64) -> bool {
+        seq.checked_sub(self.head)
+            .and_then(|at| self.slots.get(usize::try_from(at).ok()?))
+            .is_some_and(|slot| slot.kind == Kind::Frame)
+    }
+
+    /// Puts a delivery in the queue under its lane's policy.
+    fn queue_delivery(&mut self, lane_id: LaneId, delivery: Delivery) -> Result<(), Overflow> {
+        let Some(lane) = self.lanes.get(&lane_id) else {
+            return self.push(delivery.frame);
+        };
+        let policy = lane.spec.policy;
+        if policy == SlowConsumer::Conflate {
+            let key = delivery.key.clone().unwrap_or_default();
+            if let Some(&seq) = self.lanes.get(&lane_id).and_then(|l| l.by_key.get(&key)) {
+                if self.is_queued_frame(seq) {
+                    self.tombstone(seq);
+                    self.counts.conflated += 1;
+                }
+            }
+        }
+        let need = cost(&delivery.frame);
+        if policy == SlowConsumer::Disconnect {
+            if self.bytes + need > self.limit && self.live > 0 {
+                return Err(Overflow { limit: self.limit });
+            }
+        } else {
+            while self.bytes + need > self.limit && self.live > 0 {
+                if !self.drop_oldest_of(lane_id) {
+                    break;
+                }
+            }
+            if self.bytes + need > self.limit && self.live > 0 {
+                // The queue is full of other channels: this delivery is the
+                // lane's oldest that is not out yet.
+                self.record_drops(lane_id, 1);
+                return Ok(());
+            }
+        }
+        let seq = self.append(delivery.frame, Some(lane_id), Kind::Frame, delivery.id);
+        let head = self.head;
+        let live = self.live;
+        if let Some(lane) = self.lanes.get_mut(&lane_id) {
+            while lane.queued.front().is_some_and(|&s| s < head) {
+                lane.queued.pop_front();
+            }
+            lane.queued.push_back(seq);
+            if policy == SlowConsumer::Conflate {
+                if lane.by_key.len() > 2 * live + COMPACT_AFTER {
+                    lane.by_key.retain(|_, s| *s >= head);
+                }
+                lane.by_key.insert(delivery.key.unwrap_or_default(), seq);
+            }
+        }
+        self.maybe_compact();
+        Ok(())
+    }
+
+    fn tombstone(&mut self, seq: u64) {
+        if let Some(slot) = self.slot_mut(seq) {
+            let freed = cost(&slot.frame);
+            slot.kind = Kind::Tombstone;
+            slot.frame = Bytes::new();
+            self.bytes -= freed;
+            self.live -= 1;
+        }
+    }
+
+    /// Drops the lane's oldest queued delivery; false when it has none.
+    fn drop_oldest_of(&mut self, lane_id: LaneId) -> bool {
+        loop {
+            let Some(seq) = self.lanes.get_mut(&lane_id).and_then(|l| l.queued.pop_front()) else {
+                return false;
+            };
+            if self.is_queued_frame(seq) {
+                self.tombstone(seq);
+                self.record_drops(lane_id, 1);
+                return true;
+            }
+        }
+    }
+
+    /// Records `n` deliveries of the lane lost since its last one out.
+    fn record_drops(&mut self, lane_id: LaneId, n: u64) {
+        self.counts.dropped += n;
+        let Some(lane) = self.lanes.get_mut(&lane_id) else {
+            return;
+        };
+        match &mut lane.hole {
+            Some(hole) => hole.dropped += n,
+            None => {
+                lane.hole = Some(Hole {
+                    after: lane.spec.stream.then_some(lane.last_out),
+                    dropped: n,
+                });
+                self.bytes += GAP_COST;
+            }
+        }
+    }
+
+    /// Holds a throttled delivery, conflated by key; returns when it is due.
+    fn hold(&mut self, lane_id: LaneId, delivery: Delivery, now: Instant) -> Pushed {
+        let limit = self.limit;
+        let Some(throttle) = self.lanes.get_mut(&lane_id).and_then(|l| l.throttle.as_mut()) else {
+            return Pushed::Queued;
+        };
+        let key = delivery.key.clone().unwrap_or_default();
+        let mut freed = 0;
+        if let Some(old) = throttle.by_key.remove(&key) {
+            if let Some(replaced) = throttle.waiting.remove(&old) {
+                freed += cost(&replaced.frame);
+            }
+        }
+        // Waiting deliveries may take half the bound: the rest is for the
+        // queue itself. Past it the oldest waiting one is lost, announced.
+        let need = cost(&delivery.frame);
+        let mut lost = 0;
+        while throttle.bytes - freed + need > limit / 2 {
+            let Some((_, oldest)) = throttle.waiting.pop_first() else {
+                break;
+            };
+            throttle.by_key.retain(|_, s| throttle.waiting.contains_key(s));
+            freed += cost(&oldest.frame);
+            lost += 1;
+        }
+        throttle.bytes = throttle.bytes - freed + need;
+        throttle.lost += lost;
+        let seq = throttle.next_seq;
+        throttle.next_seq += 1;
+        throttle.by_key.insert(key, seq);
+        throttle.waiting.insert(seq, delivery);
+        let due = throttle.next_at.unwrap_or(now);
+        let schedule = !throttle.scheduled;
+        throttle.scheduled = true;
+        self.bytes = self.bytes - freed + need;
+        self.counts.dropped += lost;
+        Pushed::Throttled { due, schedule }
+    }
+
+    /// With nothing queued, no stored position can point at a live slot.
+    fn forget_positions(&mut self) {
+        for lane in self.lanes.values_mut() {
+            lane.queued.clear();
+            lane.by_key.clear();
+        }
+    }
+
+    /// Removes tombstones once they outnumber live slots, renumbering what the
+    /// lanes point at.
+    fn maybe_compact(&mut self) {
+        let dead = self.slots.len() - self.live;
+        if dead < COMPACT_AFTER || dead < self.live {
+            return;
+        }
+        let head = self.head;
+        let mut renumbered = vec![u64::MAX; self.slots.len()];
+        let mut kept = VecDeque::with_capacity(self.live);
+        for (at, slot) in self.slots.drain(..).enumerate() {
+            if slot.kind != Kind::Tombstone {
+                renumbered[at] = head + kept.len() as u64;
+                kept.push_back(slot);
+            }
+        }
+        self.slots = kept;
+        let map = |seq: u64| -> Option<u64> {
+            let at = usize::try_from(seq.checked_sub(head)?).ok()?;
+            renumbered.get(at).copied().filter(|&s| s != u64::MAX)
+        };
+        for lane in self.lanes.values_mut() {
+            lane.queued = lane.queued.iter().filter_map(|&s| map(s)).collect();
+            lane.by_key = lane
+                .by_key
+                .drain()
+                .filter_map(|(key, s)| Some((key, map(s)?)))
+                .collect();
+        }
     }
 }
 
@@ -90,50 +580,4 @@ pub fn cost(frame: &Bytes) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn refuses_past_the_limit_and_counts_bytes() {
-        let mut q = OutQueue::new(10 + 2 * FRAME_OVERHEAD);
-        q.push(Bytes::from_static(b"123456")).unwrap();
-        assert!(q.push(Bytes::from_static(b"1234567")).is_err());
-        q.push(Bytes::from_static(b"1234")).unwrap();
-        assert_eq!(q.bytes(), 10 + 2 * FRAME_OVERHEAD);
-        let mut out = Vec::new();
-        q.drain_into(&mut out, 1);
-        assert_eq!(out.len(), 1);
-        assert_eq!(q.bytes(), 4 + FRAME_OVERHEAD);
-    }
-
-    #[test]
-    fn tiny_frames_are_charged_their_overhead() {
-        // 2-byte pongs: a 64 KiB bound holds ~1,000 of them, not 32,768.
-        let mut q = OutQueue::new(64 * 1024);
-        let mut queued = 0;
-        while q.push(Bytes::from_static(b"\x8a\x00")).is_ok() {
-            queued += 1;
-        }
-        assert_eq!(queued, 64 * 1024 / (2 + FRAME_OVERHEAD));
-    }
-
-    #[test]
-    fn clear_empties_and_the_limit_is_kept() {
-        let mut q = OutQueue::new(1000);
-        assert_eq!(q.limit(), 1000);
-        assert!(q.is_empty());
-        q.push(Bytes::from_static(b"abc")).unwrap();
-        assert!(!q.is_empty());
-        q.clear();
-        assert!(q.is_empty());
-        assert_eq!(q.bytes(), 0);
-        assert_eq!(q.limit(), 1000);
-    }
-
-    #[test]
-    fn one_frame_larger_than_the_limit_still_goes_to_an_empty_queue() {
-        let mut q = OutQueue::new(4);
-        q.push(Bytes::from_static(b"123456")).unwrap();
-        assert!(q.push(Bytes::from_static(b"1")).is_err());
-    }
-}
+mod tests;

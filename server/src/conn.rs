@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use feedgate_core::config::Limits;
 use feedgate_core::frame;
-use feedgate_core::queue::OutQueue;
+use feedgate_core::queue::{Counts, Delivery, LaneId, LaneSpec, OutQueue, Pushed};
 use monoio::io::AsyncWriteRent;
 
 use crate::notify::{Event, Notify};
@@ -128,6 +128,60 @@ impl Conn {
             return;
         }
         self.wake.notify();
+    }
+
+    /// Queues a delivery of a lane (a `drop_oldest`, `conflate` or throttled
+    /// subscription) under its policy; `None` when the connection is not open
+    /// or the delivery overflowed a `disconnect` lane (the connection closes).
+    pub fn send_delivery(&self, lane: LaneId, delivery: Delivery, now: Instant) -> Option<Pushed> {
+        if self.state.get() != State::Open {
+            return None;
+        }
+        let pushed = self.out.borrow_mut().push_delivery(lane, delivery, now);
+        match pushed {
+            Ok(pushed) => {
+                self.wake.notify();
+                Some(pushed)
+            }
+            Err(_) => {
+                self.close(close_code::SLOW_CONSUMER, SLOW_CONSUMER_REASON);
+                None
+            }
+        }
+    }
+
+    /// Releases the throttled lane's next delivery when due; returns when the
+    /// one after is due.
+    pub fn release_due(&self, lane: LaneId, now: Instant) -> Option<Instant> {
+        if self.state.get() != State::Open {
+            return None;
+        }
+        let released = self.out.borrow_mut().release_due(lane, now);
+        self.wake.notify();
+        released.unwrap_or_else(|_| {
+            self.close(close_code::SLOW_CONSUMER, SLOW_CONSUMER_REASON);
+            None
+        })
+    }
+
+    /// Opens a lane of the queue for one subscription.
+    pub fn open_lane(&self, spec: LaneSpec) -> LaneId {
+        self.out.borrow_mut().open_lane(spec)
+    }
+
+    /// Closes a subscription's lane.
+    pub fn close_lane(&self, lane: LaneId) {
+        self.out.borrow_mut().close_lane(lane);
+    }
+
+    /// Records `n` deliveries of the lane lost before it opened (held ones).
+    pub fn note_lost(&self, lane: LaneId, n: u64) {
+        self.out.borrow_mut().note_lost(lane, n);
+    }
+
+    /// What the queue's policies did since the last call.
+    pub fn take_counts(&self) -> Counts {
+        self.out.borrow_mut().take_counts()
     }
 
     /// Queues a text frame holding `json`.

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use feedgate_core::frame::FrameBuilder;
+use feedgate_core::queue::Counts;
 
 use crate::admission::Admission;
 use crate::conn::Conn;
@@ -67,6 +68,9 @@ pub struct Core {
     pub admission: Arc<Admission>,
     /// Replays running at once on this core (`limits.max_replays_per_core`).
     pub replays: Slots,
+    /// What the slow-consumer policies and `max_rate` did on this core, for
+    /// `/metrics`: folded in from each connection by the keepalive.
+    pub counts: RefCell<Counts>,
     pub shutdown: Event,
 }
 
@@ -76,6 +80,7 @@ impl Core {
         Self {
             index,
             replays: Slots::new(settings.limits.max_replays_per_core),
+            counts: RefCell::new(Counts::default()),
             settings,
             hub: RefCell::new(Hub::default()),
             frames: RefCell::new(FrameBuilder::new()),

@@ -4,18 +4,20 @@
 //! first subscriber makes the core subscribe in Redis, the last one leaving
 //! makes it stop (PROTOCOL.md: the union of what local clients want).
 
-use std::collections::HashMap;
-use std::rc::Rc;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::rc::{Rc, Weak};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use feedgate_core::channel::Source;
+use feedgate_core::channel::{Namespace, SlowConsumer, Source};
 use feedgate_core::frame::FrameBuilder;
-use feedgate_core::queue;
+use feedgate_core::queue::{self, Delivery, LaneId, LaneSpec, Pushed};
 use feedgate_core::resp::Entry;
-use feedgate_core::StreamId;
+use feedgate_core::{key, StreamId};
 
 use crate::conn::{close_code, Conn, SLOW_CONSUMER_REASON};
-use crate::notify::Event;
+use crate::notify::{Event, Notify};
 
 /// Whether the core's Redis subscription for a channel is in place.
 pub enum Phase {
@@ -25,10 +27,54 @@ pub enum Phase {
     Live,
 }
 
+/// How a subscription is delivered: its namespace's policy and key, and the
+/// client's `max_rate`.
+#[derive(Debug, Clone, Default)]
+pub struct How {
+    pub source: Source,
+    pub policy: SlowConsumer,
+    /// The namespace's `key` field.
+    pub key: Option<Rc<str>>,
+    /// `max_rate`, as the least time between two deliveries.
+    pub min_interval: Option<Duration>,
+}
+
+impl How {
+    /// A subscription of a channel in `namespace`, at most one delivery per
+    /// `min_interval` when given.
+    pub fn new(namespace: &Namespace, min_interval: Option<Duration>) -> Self {
+        Self {
+            source: namespace.source,
+            policy: namespace.slow_consumer,
+            key: namespace.key.as_deref().map(Rc::from),
+            min_interval,
+        }
+    }
+
+    /// A `disconnect` subscription of `source` without key or rate.
+    #[cfg(test)]
+    pub fn plain(source: Source) -> Self {
+        Self {
+            source,
+            ..Self::default()
+        }
+    }
+
+    /// Whether deliveries go through a lane of the connection's queue.
+    fn needs_lane(&self) -> bool {
+        self.policy != SlowConsumer::Disconnect || self.min_interval.is_some()
+    }
+}
+
 /// One channel on this core.
 pub struct Channel {
     pub name: Rc<str>,
     pub source: Source,
+    /// The namespace's `key` field, read once per message when set.
+    key: Option<Rc<str>>,
+    /// Whether some subscriber's deliveries go through a lane (and so need
+    /// the key read off each message).
+    lanes: usize,
     pub phase: Phase,
     /// Streams: the last id delivered on this core; live reads resume after it.
     pub cursor: StreamId,
@@ -45,6 +91,10 @@ struct Sub {
     /// Stream ids up to this one were already sent (a `since` ahead of the
     /// core's cursor): live frames at or before it are skipped, never repeated.
     skip_through: Option<StreamId>,
+    /// The lane of the connection's queue, once released, for `drop_oldest`,
+    /// `conflate` or `max_rate` subscriptions.
+    lane: Option<LaneId>,
+    how: How,
 }
 
 #[derive(Default)]
@@ -54,6 +104,9 @@ struct Held {
     /// Stream frames up to this id were dropped when the held ones outgrew
     /// the queue limit; the replay reads them from Redis instead.
     dropped_through: Option<StreamId>,
+    /// Pub/sub frames of a `drop_oldest` or `conflate` channel dropped while
+    /// held: announced with a gap once released.
+    lost: u64,
 }
 
 /// What joining a channel found.
@@ -67,18 +120,29 @@ pub enum Joined {
     Live,
 }
 
+/// A throttled lane's next release: when, whose, which lane.
+type Due = Reverse<(Instant, u64, LaneId)>;
+
 /// Channel name -> channel, for one core.
 #[derive(Default)]
 pub struct Hub {
     channels: HashMap<Rc<str>, Channel>,
+    /// Throttled lanes waiting for their next release, soonest first: one
+    /// entry per lane with deliveries waiting, not a timer per message.
+    throttled: BinaryHeap<Due>,
+    throttled_conns: HashMap<u64, Weak<Conn>>,
+    /// Woken when a release becomes due sooner than before.
+    pub throttle_wake: Rc<Notify>,
 }
 
 impl Hub {
     /// Adds `conn` to `name` with its live frames held back until [`Hub::release`].
-    pub fn join(&mut self, name: &str, source: Source, conn: &Rc<Conn>) -> (Rc<str>, Joined) {
+    pub fn join(&mut self, name: &str, how: &How, conn: &Rc<Conn>) -> (Rc<str>, Joined) {
         let channel = self.channels.entry(Rc::from(name)).or_insert_with_key(|key| Channel {
             name: key.clone(),
-            source,
+            source: how.source,
+            key: how.key.clone(),
+            lanes: 0,
             phase: Phase::Starting(Rc::new(Event::default())),
             cursor: StreamId::ZERO,
             subs: Vec::new(),
@@ -90,6 +154,8 @@ impl Hub {
             joined_at,
             held: Some(Held::default()),
             skip_through: None,
+            lane: None,
+            how: how.clone(),
         });
         let joined = match &channel.phase {
             Phase::Live => Joined::Live,
@@ -147,6 +213,20 @@ impl Hub {
                     sub.conn.send(frame);
                 }
             }
+            if sub.how.needs_lane() && sub.lane.is_none() {
+                let lane = sub.conn.open_lane(LaneSpec {
+                    channel: channel.name.clone(),
+                    policy: sub.how.policy,
+                    stream: channel.source == Source::Stream,
+                    after: after.unwrap_or(StreamId::ZERO).max(channel.cursor),
+                    min_interval: sub.how.min_interval,
+                });
+                sub.lane = Some(lane);
+                channel.lanes += 1;
+                if held.lost > 0 {
+                    sub.conn.note_lost(lane, held.lost);
+                }
+            }
         }
         sub.skip_through = after;
     }
@@ -173,7 +253,16 @@ impl Hub {
     /// subscriber (the caller then drops the Redis subscription).
     pub fn leave(&mut self, name: &str, conn_id: u64) -> Option<Channel> {
         let channel = self.channels.get_mut(name)?;
-        channel.subs.retain(|s| s.conn.id != conn_id);
+        channel.subs.retain(|s| {
+            if s.conn.id != conn_id {
+                return true;
+            }
+            if let Some(lane) = s.lane {
+                s.conn.close_lane(lane);
+                channel.lanes -= 1;
+            }
+            false
+        });
         if channel.subs.is_empty() {
             let channel = self.channels.remove(name)?;
             if let Phase::Starting(event) = &channel.phase {
@@ -215,6 +304,8 @@ impl Hub {
         let Some(channel) = self.channels.get_mut(name).filter(|c| matches!(c.phase, Phase::Live)) else {
             return;
         };
+        let now = Instant::now();
+        let mut due = Vec::new();
         for entry in entries {
             // Ids at or before the cursor were delivered already (a re-read
             // after a reconnect): never twice.
@@ -223,8 +314,14 @@ impl Hub {
             }
             channel.cursor = entry.id;
             let frame = frames.stream_delivery(&channel.name, entry.id, &entry.fields);
-            fan_out(&mut channel.subs, Source::Stream, entry.id, &frame);
+            // Read once per message per core, and only when a lane uses it.
+            let key = match &channel.key {
+                Some(field) if channel.lanes > 0 => key::of_entry(&entry.fields, field).map(Bytes::copy_from_slice),
+                _ => None,
+            };
+            due.extend(fan_out(&mut channel.subs, Source::Stream, entry.id, &frame, key, now));
         }
+        self.schedule(due);
     }
 
     /// Sends one pub/sub message of `name` to its subscribers.
@@ -236,7 +333,61 @@ impl Hub {
             return;
         }
         let frame = frames.pubsub_delivery(&channel.name, body);
-        fan_out(&mut channel.subs, Source::Pubsub, StreamId::ZERO, &frame);
+        let key = match &channel.key {
+            Some(field) if channel.lanes > 0 => key::top_level_field(body, field).map(Bytes::copy_from_slice),
+            _ => None,
+        };
+        let due = fan_out(
+            &mut channel.subs,
+            Source::Pubsub,
+            StreamId::ZERO,
+            &frame,
+            key,
+            Instant::now(),
+        );
+        self.schedule(due);
+    }
+
+    /// Remembers throttled lanes that have a release due.
+    fn schedule(&mut self, due: Vec<(Instant, Rc<Conn>, LaneId)>) {
+        for (at, conn, lane) in due {
+            let sooner = self.throttled.peek().is_none_or(|Reverse((next, ..))| at < *next);
+            self.throttled_conns
+                .entry(conn.id)
+                .or_insert_with(|| Rc::downgrade(&conn));
+            self.throttled.push(Reverse((at, conn.id, lane)));
+            if sooner {
+                self.throttle_wake.notify();
+            }
+        }
+    }
+
+    /// When the soonest throttled release is due.
+    pub fn next_release(&self) -> Option<Instant> {
+        self.throttled.peek().map(|Reverse((at, ..))| *at)
+    }
+
+    /// Releases every throttled delivery due by `now`, one per lane, and
+    /// schedules the lanes' next ones.
+    pub fn release_due(&mut self, now: Instant) {
+        let mut again = Vec::new();
+        while let Some(Reverse((at, conn_id, lane))) = self.throttled.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.throttled.pop();
+            let Some(conn) = self.throttled_conns.get(&conn_id).and_then(Weak::upgrade) else {
+                self.throttled_conns.remove(&conn_id);
+                continue;
+            };
+            if let Some(next) = conn.release_due(lane, now) {
+                again.push((next, conn, lane));
+            }
+        }
+        if self.throttled.is_empty() {
+            self.throttled_conns.clear();
+        }
+        self.schedule(again);
     }
 
     /// Drops `name`, telling each subscriber why with an error; returns the
@@ -249,17 +400,45 @@ impl Hub {
     }
 }
 
-fn fan_out(subs: &mut [Sub], source: Source, id: StreamId, frame: &Bytes) {
+/// Queues `frame` for every subscriber; returns the throttled lanes that now
+/// have a release to schedule.
+fn fan_out(
+    subs: &mut [Sub],
+    source: Source,
+    id: StreamId,
+    frame: &Bytes,
+    key: Option<Bytes>,
+    now: Instant,
+) -> Vec<(Instant, Rc<Conn>, LaneId)> {
+    let mut due = Vec::new();
     for sub in subs.iter_mut() {
         match &mut sub.held {
-            None => match sub.skip_through {
-                Some(through) if id <= through => {}
-                Some(_) => {
-                    sub.skip_through = None;
-                    sub.conn.send(frame.clone());
+            None => {
+                match sub.skip_through {
+                    Some(through) if id <= through => continue,
+                    Some(_) => sub.skip_through = None,
+                    None => {}
                 }
-                None => sub.conn.send(frame.clone()),
-            },
+                match sub.lane {
+                    // Hot path for `disconnect` subscriptions: a refcount bump
+                    // and a queue push.
+                    None => sub.conn.send(frame.clone()),
+                    Some(lane) => {
+                        let delivery = Delivery {
+                            frame: frame.clone(),
+                            id,
+                            key: key.clone(),
+                        };
+                        if let Some(Pushed::Throttled {
+                            due: at,
+                            schedule: true,
+                        }) = sub.conn.send_delivery(lane, delivery, now)
+                        {
+                            due.push((at, sub.conn.clone(), lane));
+                        }
+                    }
+                }
+            }
             Some(held) if held.bytes + queue::cost(frame) <= sub.conn.queue_limit() => {
                 held.bytes += queue::cost(frame);
                 held.frames.push((id, frame.clone()));
@@ -274,12 +453,21 @@ fn fan_out(subs: &mut [Sub], source: Source, id: StreamId, frame: &Bytes) {
                     ..Held::default()
                 };
             }
+            // A pub/sub channel that may drop: drop, and announce it on release.
+            Some(held) if sub.how.policy != SlowConsumer::Disconnect => {
+                let lost = held.lost + held.frames.len() as u64 + 1;
+                *held = Held {
+                    lost,
+                    ..Held::default()
+                };
+            }
             Some(_) => {
                 sub.held = Some(Held::default());
                 sub.conn.close(close_code::SLOW_CONSUMER, SLOW_CONSUMER_REASON);
             }
         }
     }
+    due
 }
 
 #[cfg(test)]
@@ -322,8 +510,11 @@ mod tests {
     fn the_first_subscriber_sets_up_and_later_ones_wait_for_it() {
         let mut hub = Hub::default();
         let (a, b) = (conn(1), conn(2));
-        assert!(matches!(hub.join("s", Source::Stream, &a).1, Joined::First(_)));
-        let Joined::Wait(event) = hub.join("s", Source::Stream, &b).1 else {
+        assert!(matches!(
+            hub.join("s", &How::plain(Source::Stream), &a).1,
+            Joined::First(_)
+        ));
+        let Joined::Wait(event) = hub.join("s", &How::plain(Source::Stream), &b).1 else {
             panic!("a concurrent first subscriber waits");
         };
         assert!(!event.is_set());
@@ -344,11 +535,11 @@ mod tests {
     fn joining_a_live_channel_starts_at_its_cursor_and_holds_frames_until_released() {
         let mut hub = Hub::default();
         let (a, b) = (conn(1), conn(2));
-        hub.join("s", Source::Stream, &a);
+        hub.join("s", &How::plain(Source::Stream), &a);
         hub.set_live("s", StreamId::new(1, 0));
         hub.release("s", 1, Some(StreamId::new(1, 0)));
         deliver(&mut hub, &[2, 3]);
-        assert!(matches!(hub.join("s", Source::Stream, &b).1, Joined::Live));
+        assert!(matches!(hub.join("s", &How::plain(Source::Stream), &b).1, Joined::Live));
         assert_eq!(hub.joined_at("s", 2), Some(StreamId::new(3, 0)));
         deliver(&mut hub, &[4, 5]);
         assert!(sent_ids(&b).is_empty(), "held while b's reply and history go out");
@@ -364,7 +555,7 @@ mod tests {
     fn a_since_ahead_of_the_cursor_skips_live_ids_already_sent() {
         let mut hub = Hub::default();
         let a = conn(1);
-        hub.join("s", Source::Stream, &a);
+        hub.join("s", &How::plain(Source::Stream), &a);
         hub.set_live("s", StreamId::new(10, 0));
         // The replay sent history through id 12, past the core's cursor.
         hub.release("s", 1, Some(StreamId::new(12, 0)));
@@ -380,7 +571,7 @@ mod tests {
             ..Limits::default()
         };
         let a = Rc::new(Conn::new(1, -1, &limits));
-        hub.join("s", Source::Stream, &a);
+        hub.join("s", &How::plain(Source::Stream), &a);
         hub.set_live("s", StreamId::ZERO);
         let entry = |ms: u64| Entry {
             id: StreamId::new(ms, 0),
@@ -416,7 +607,7 @@ mod tests {
             ..Limits::default()
         };
         let a = Rc::new(Conn::new(1, -1, &limits));
-        hub.join("p", Source::Pubsub, &a);
+        hub.join("p", &How::plain(Source::Pubsub), &a);
         hub.set_live("p", StreamId::ZERO);
         let big = vec![b'1'; 600];
         let mut frames = FrameBuilder::new();
@@ -433,8 +624,8 @@ mod tests {
     fn a_failed_setup_wakes_its_waiters_and_leaves_nothing() {
         let mut hub = Hub::default();
         let (a, b) = (conn(1), conn(2));
-        hub.join("s", Source::Stream, &a);
-        let Joined::Wait(event) = hub.join("s", Source::Stream, &b).1 else {
+        hub.join("s", &How::plain(Source::Stream), &a);
+        let Joined::Wait(event) = hub.join("s", &How::plain(Source::Stream), &b).1 else {
             panic!("waits");
         };
         hub.fail("s");
@@ -448,8 +639,8 @@ mod tests {
     fn the_last_subscriber_leaving_removes_the_channel() {
         let mut hub = Hub::default();
         let (a, b) = (conn(1), conn(2));
-        hub.join("s", Source::Stream, &a);
-        hub.join("s", Source::Stream, &b);
+        hub.join("s", &How::plain(Source::Stream), &a);
+        hub.join("s", &How::plain(Source::Stream), &b);
         hub.set_live("s", StreamId::new(3, 0));
         assert_eq!(hub.stream_cursors(), vec![(Rc::from("s"), StreamId::new(3, 0))]);
         assert!(hub.leave("s", 1).is_none());
@@ -462,12 +653,12 @@ mod tests {
     fn nothing_is_delivered_to_a_channel_still_starting() {
         let mut hub = Hub::default();
         let a = conn(1);
-        hub.join("s", Source::Stream, &a);
+        hub.join("s", &How::plain(Source::Stream), &a);
         deliver(&mut hub, &[1]);
         hub.set_live("s", StreamId::ZERO);
         hub.release("s", 1, Some(StreamId::ZERO));
         assert!(sent_ids(&a).is_empty(), "read again after the cursor is set");
-        hub.join("p", Source::Pubsub, &a);
+        hub.join("p", &How::plain(Source::Pubsub), &a);
         hub.deliver_pubsub("p", b"{}", &mut FrameBuilder::new());
         hub.set_live("p", StreamId::ZERO);
         hub.release("p", 1, None);
@@ -480,10 +671,10 @@ mod tests {
     fn the_reader_and_the_resubscriber_see_the_right_channels() {
         let mut hub = Hub::default();
         let a = conn(1);
-        hub.join("s.live", Source::Stream, &a);
-        hub.join("s.starting", Source::Stream, &a);
-        hub.join("p.live", Source::Pubsub, &a);
-        hub.join("p.starting", Source::Pubsub, &a);
+        hub.join("s.live", &How::plain(Source::Stream), &a);
+        hub.join("s.starting", &How::plain(Source::Stream), &a);
+        hub.join("p.live", &How::plain(Source::Pubsub), &a);
+        hub.join("p.starting", &How::plain(Source::Pubsub), &a);
         hub.set_live("s.live", StreamId::new(9, 0));
         hub.set_live("p.live", StreamId::ZERO);
         assert!(hub.is_live("s.live") && hub.is_live("p.live"));
@@ -498,8 +689,8 @@ mod tests {
     fn leaving_keeps_the_others_and_dropping_returns_every_holder() {
         let mut hub = Hub::default();
         let (a, b) = (conn(1), conn(2));
-        hub.join("s", Source::Stream, &a);
-        hub.join("s", Source::Stream, &b);
+        hub.join("s", &How::plain(Source::Stream), &a);
+        hub.join("s", &How::plain(Source::Stream), &b);
         hub.set_live("s", StreamId::ZERO);
         hub.release("s", 1, Some(StreamId::ZERO));
         hub.release("s", 2, Some(StreamId::ZERO));
@@ -507,7 +698,7 @@ mod tests {
         deliver(&mut hub, &[1]);
         assert!(sent_ids(&a).is_empty(), "a left");
         assert_eq!(sent_ids(&b), [1], "b stays");
-        hub.join("s", Source::Stream, &a);
+        hub.join("s", &How::plain(Source::Stream), &a);
         let held: Vec<u64> = hub.drop_channel("s").iter().map(|c| c.id).collect();
         assert_eq!(held, [2, 1]);
         assert!(!hub.is_live("s"));

@@ -40,8 +40,10 @@ pub async fn run(core: Rc<Core>) {
             false
         });
         // `keepalive` never touches the map, so it is walked in place.
+        let mut counts = core.counts.borrow_mut();
         for conn in core.conns.borrow().values() {
             conn.keepalive(now, silence_limit, conn_serial(conn.id) % slots == slot);
+            counts.add(conn.take_counts());
         }
     }
 }

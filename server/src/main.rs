@@ -29,6 +29,7 @@ mod runtime;
 mod settings;
 mod snapshot;
 mod subscribe;
+mod throttle;
 mod writev;
 mod ws;
 

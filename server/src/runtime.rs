@@ -21,6 +21,7 @@ use crate::keepalive;
 use crate::listener;
 use crate::redis;
 use crate::settings::Settings;
+use crate::throttle;
 
 /// How long shutdown waits for clients to finish the closing handshake.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
@@ -157,6 +158,7 @@ fn run_core(
         let listener = monoio::net::TcpListener::from_std(std_listener).context("adopting the listener")?;
         redis::start(&core);
         monoio::spawn(keepalive::run(core.clone()));
+        monoio::spawn(throttle::run(core.clone()));
         let acceptor = monoio::spawn(accept_loop(core.clone(), listener));
         let _ = stop.await;
         core.shutdown.set();

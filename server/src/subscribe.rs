@@ -21,7 +21,7 @@ use feedgate_core::{ErrorCode, StreamId};
 
 use crate::conn::{close_code, Conn, SLOW_CONSUMER_REASON};
 use crate::core::Core;
-use crate::hub::Joined;
+use crate::hub::{How, Joined};
 use crate::redis::{self, LinkError, RespConn};
 use crate::snapshot;
 
@@ -83,7 +83,7 @@ async fn try_subscribe(
     req: Option<u64>,
     channel: &str,
     start: Start,
-    _min_interval: Option<Duration>,
+    min_interval: Option<Duration>,
 ) -> Result<(), ProtocolError> {
     let namespace = core.settings.namespaces.of(channel);
     let source = namespace.source;
@@ -126,7 +126,8 @@ async fn try_subscribe(
     if !core.redis.is_ready() {
         return Err(unavailable());
     }
-    let (name, joined) = core.hub.borrow_mut().join(channel, source, conn);
+    let how = How::new(namespace, min_interval);
+    let (name, joined) = core.hub.borrow_mut().join(channel, &how, conn);
     conn.subs.borrow_mut().insert(name.clone());
     let result = match source {
         Source::Stream => subscribe_stream(core, conn, req, &name, joined, start).await,

@@ -85,6 +85,7 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, leftover: BytesMut, ticket
         subscribe::leave(&core, &conn, &channel);
     }
     core.conns.borrow_mut().remove(&conn.id);
+    core.counts.borrow_mut().add(conn.take_counts());
     drop(ticket);
     tracing::debug!(conn = conn.id, "websocket closed");
 }
