@@ -111,7 +111,8 @@ mod tests {
             req.op,
             Op::Subscribe {
                 channel: CHANNEL.into(),
-                start: Start::Since(StreamId::new(1_732_700_000_000, 0))
+                start: Start::Since(StreamId::new(1_732_700_000_000, 0)),
+                min_interval: None,
             }
         );
     }

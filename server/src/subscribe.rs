@@ -59,7 +59,7 @@ impl From<LinkError> for ProtocolError {
 }
 
 /// A reply of the wrong shape, as a protocol error.
-fn bad_reply(e: ReplyError) -> ProtocolError {
+pub(crate) fn bad_reply(e: ReplyError) -> ProtocolError {
     LinkError::Reply(e).into()
 }
 
@@ -276,17 +276,19 @@ async fn subscribe_stream(
     Ok(())
 }
 
-fn subscribed(conn: &Conn, name: &str, req: Option<u64>, position: StreamId, recovered: bool) {
+pub(crate) fn subscribed(conn: &Conn, name: &str, req: Option<u64>, position: StreamId, recovered: bool) {
     let start = StreamStart { position, recovered };
     conn.send_json(&envelope::subscribed(name, req, Some(start)));
 }
 
-fn pool(core: &Core) -> Result<Rc<RespConn>, ProtocolError> {
+pub(crate) fn pool(core: &Core) -> Result<Rc<RespConn>, ProtocolError> {
     core.redis.pool().ok_or_else(unavailable)
 }
 
 /// Awaits one reply, answering `unavailable` when Redis is down or slow.
-async fn reply(call: impl std::future::Future<Output = Result<Reply, LinkError>>) -> Result<Reply, ProtocolError> {
+pub(crate) async fn reply(
+    call: impl std::future::Future<Output = Result<Reply, LinkError>>,
+) -> Result<Reply, ProtocolError> {
     match monoio::time::timeout(CALL_TIMEOUT, call).await {
         Ok(result) => Ok(result?),
         Err(_) => Err(too_slow()),
@@ -490,7 +492,7 @@ const REPLAY_WINDOW: usize = 1024 * 1024;
 /// window is full, so a long replay never trips the slow-consumer limit by
 /// itself. A client that takes nothing for the pong timeout is closed as a
 /// slow consumer: the replay holds its op, so the keepalive cannot judge it.
-async fn send_history(core: &Core, conn: &Conn, name: &str, entries: &[Entry]) {
+pub(crate) async fn send_history(core: &Core, conn: &Conn, name: &str, entries: &[Entry]) {
     let window = (conn.queue_limit() / 2).min(REPLAY_WINDOW);
     for entry in entries {
         while conn.is_open() && conn.queued_bytes() > window {
