@@ -3,7 +3,11 @@
 //! - `frame/*`: one delivery frame built from a stream entry or a pub/sub body;
 //! - `resp/xread_100`: one RESP3 XREAD reply of 100 entries decoded and read;
 //! - `op/subscribe_since`: one client subscribe op parsed;
-//! - `queue/fanout_1000`: one shared frame pushed to 1,000 subscriber queues.
+//! - `queue/fanout_1000`: one shared frame pushed to 1,000 subscriber queues;
+//! - `queue/{drop_oldest,conflate}_fanout_1000`: the same through each
+//!   subscriber's `drop_oldest` or `conflate` lane (10 keys);
+//! - `queue/throttled_10000`: one delivery held by each of 10,000 `max_rate`
+//!   lanes, then each lane's release taken off the core's schedule.
 //!
 //! Inputs come from `feedgate_benches` (checked by its tests). Run with
 //! `cargo bench -p feedgate-benches`.
@@ -15,7 +19,11 @@ use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use feedgate_benches::{data_entry, entry_id, multi_field_entry, xread_reply, CHANNEL, JSON_100B, SUBSCRIBE_SINCE};
 use feedgate_core::frame::FrameBuilder;
-use feedgate_core::queue::OutQueue;
+use std::rc::Rc;
+
+use feedgate_core::channel::SlowConsumer;
+use feedgate_core::queue::{Delivery, Key, LaneId, LaneSpec, OutQueue, Pushed, Releases};
+use feedgate_core::StreamId;
 use feedgate_core::{op, resp};
 
 fn frames(c: &mut Criterion) {
@@ -112,5 +120,113 @@ fn fanout(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, frames, xread, ops, fanout);
+fn lane_spec(policy: SlowConsumer, min_interval: Option<Duration>) -> LaneSpec {
+    LaneSpec {
+        channel: Rc::from(CHANNEL),
+        policy,
+        stream: true,
+        after: StreamId::ZERO,
+        min_interval,
+    }
+}
+
+fn policies(c: &mut Criterion) {
+    const SUBSCRIBERS: usize = 1_000;
+    const DRAIN_EVERY: u64 = 256;
+    const LIMIT: usize = 1 << 20;
+    let frame: Bytes = FrameBuilder::new().stream_delivery(CHANNEL, entry_id(0), &data_entry());
+    let keys: Vec<Key> = (0..10).map(|k| Key::new(Bytes::from(format!("\"SYM-{k}\"")))).collect();
+    let mut group = c.benchmark_group("queue");
+    group.throughput(Throughput::Elements(SUBSCRIBERS as u64));
+    for (name, policy) in [
+        ("drop_oldest_fanout_1000", SlowConsumer::DropOldest),
+        ("conflate_fanout_1000", SlowConsumer::Conflate),
+    ] {
+        let mut queues: Vec<(OutQueue, LaneId)> = (0..SUBSCRIBERS)
+            .map(|_| {
+                let mut q = OutQueue::new(LIMIT);
+                let lane = q.open_lane(lane_spec(policy, None));
+                (q, lane)
+            })
+            .collect();
+        let mut out = Vec::new();
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut timed = Duration::ZERO;
+                let mut left = iters;
+                let now = Instant::now();
+                while left > 0 {
+                    let chunk = left.min(DRAIN_EVERY);
+                    let start = Instant::now();
+                    for i in 0..chunk {
+                        // One key read per message per core, shared by every lane.
+                        let key = Some(keys[i as usize % keys.len()].clone());
+                        for (q, lane) in queues.iter_mut() {
+                            let delivery = Delivery {
+                                frame: frame.clone(),
+                                id: entry_id(i),
+                                key: key.clone(),
+                            };
+                            black_box(q.push_delivery(*lane, delivery, now).expect("no overflow"));
+                        }
+                    }
+                    timed += start.elapsed();
+                    for (q, _) in queues.iter_mut() {
+                        out.clear();
+                        q.drain_into(&mut out, usize::MAX);
+                    }
+                    left -= chunk;
+                }
+                timed
+            })
+        });
+    }
+
+    // 10,000 throttled subscriptions (max_rate 10/s) each holding one
+    // delivery, and the core's schedule releasing each once it is due: the
+    // cost per throttled subscription per message.
+    const THROTTLED: usize = 10_000;
+    group.throughput(Throughput::Elements(THROTTLED as u64));
+    let interval = Duration::from_millis(100);
+    let mut queues: Vec<(OutQueue, LaneId)> = (0..THROTTLED)
+        .map(|_| {
+            let mut q = OutQueue::new(LIMIT);
+            let lane = q.open_lane(lane_spec(SlowConsumer::Disconnect, Some(interval)));
+            (q, lane)
+        })
+        .collect();
+    let mut releases = Releases::default();
+    let mut out = Vec::new();
+    let mut now = Instant::now();
+    group.bench_function("throttled_10000", |b| {
+        b.iter(|| {
+            // Each lane's first delivery opens its interval; the second waits.
+            for (conn, (q, lane)) in queues.iter_mut().enumerate() {
+                for n in 0..2 {
+                    let delivery = Delivery {
+                        frame: frame.clone(),
+                        id: entry_id(n),
+                        key: None,
+                    };
+                    if let Pushed::Throttled { due, schedule: true } =
+                        q.push_delivery(*lane, delivery, now).expect("no overflow")
+                    {
+                        releases.schedule(due, conn as u64, *lane);
+                    }
+                }
+            }
+            now += interval;
+            while let Some((conn, lane)) = releases.pop_due(now) {
+                let (q, _) = &mut queues[conn as usize];
+                black_box(q.release_due(lane, now).expect("no overflow"));
+                out.clear();
+                q.drain_into(&mut out, usize::MAX);
+            }
+            now += interval;
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, frames, xread, ops, fanout, policies);
 criterion_main!(benches);

@@ -14,7 +14,8 @@
 //! A replaced or dropped delivery leaves a tombstone, so no removal shifts
 //! the deque; tombstones are compacted away once they outnumber live slots.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -89,7 +90,7 @@ pub struct Delivery {
     pub frame: Bytes,
     pub id: StreamId,
     /// The namespace `key`'s value in the payload; `None` conflates by channel.
-    pub key: Option<Bytes>,
+    pub key: Option<Key>,
 }
 
 /// What a push into a lane did.
@@ -102,20 +103,83 @@ pub enum Pushed {
     Throttled { due: Instant, schedule: bool },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Frame,
-    /// A delivery that was replaced or dropped.
-    Tombstone,
-}
+/// A slot's tag for a frame of no lane (a reply, a `disconnect` delivery).
+const NO_LANE: u32 = u32::MAX;
+/// A slot's tag for a delivery that was replaced or dropped.
+const TOMBSTONE: u32 = u32::MAX - 1;
+/// Lane ids stay below the tags.
+const MAX_LANE: LaneId = u32::MAX - 2;
 
+/// Hot path: 40 bytes (a frame and a tag), as small as a slot can be, since
+/// every subscriber's queue holds one per frame; what lanes need to know
+/// about a slot lives in the lane.
 #[derive(Debug)]
 struct Slot {
     frame: Bytes,
-    lane: Option<LaneId>,
-    kind: Kind,
-    id: StreamId,
+    tag: u32,
 }
+
+/// A key value, hashed once per message per core rather than once per lane.
+#[derive(Debug, Clone)]
+pub struct Key {
+    hash: u64,
+    bytes: Bytes,
+}
+
+impl Key {
+    /// The key value `bytes`.
+    pub fn new(bytes: Bytes) -> Self {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hash::hash(&bytes[..], &mut hasher);
+        Self {
+            hash: std::hash::Hasher::finish(&hasher),
+            bytes,
+        }
+    }
+
+    /// The key of a lane that conflates by channel.
+    fn channel() -> Self {
+        Self::new(Bytes::new())
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash && self.bytes == other.bytes
+    }
+}
+
+impl Eq for Key {}
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+/// Hashes lane ids and pre-hashed keys with one multiply: both are looked up
+/// once per delivery per subscriber.
+#[derive(Debug, Default, Clone, Copy)]
+struct Premixed(u64);
+
+impl std::hash::Hasher for Premixed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Premixed>>;
 
 /// Deliveries of a lane lost since its last delivery out: announced with a
 /// `gap` just before its next delivery goes to the writer.
@@ -128,11 +192,11 @@ struct Hole {
 #[derive(Debug)]
 struct Lane {
     spec: LaneSpec,
-    /// Sequence numbers of this lane's queued deliveries, oldest first (some
-    /// may have been drained or replaced since; skipped when met).
-    queued: VecDeque<u64>,
+    /// This lane's queued deliveries (sequence number and stream id), oldest
+    /// first; some may have been replaced since, and are skipped when met.
+    queued: VecDeque<(u64, StreamId)>,
     /// Conflate: key value -> the slot holding its newest queued delivery.
-    by_key: HashMap<Bytes, u64>,
+    by_key: FastMap<Key, u64>,
     /// The id of the lane's last delivery handed to the writer.
     last_out: StreamId,
     /// Deliveries lost and not yet announced (charged [`GAP_COST`]).
@@ -149,7 +213,7 @@ struct Throttle {
     /// Whether a release is scheduled with the caller.
     scheduled: bool,
     waiting: BTreeMap<u64, Delivery>,
-    by_key: HashMap<Bytes, u64>,
+    by_key: FastMap<Key, u64>,
     next_seq: u64,
     bytes: usize,
     /// Waiting deliveries dropped to stay within the bound: a gap precedes
@@ -168,7 +232,7 @@ pub struct OutQueue {
     limit: usize,
     /// Slots that are frames or gaps (not tombstones).
     live: usize,
-    lanes: HashMap<LaneId, Lane>,
+    lanes: FastMap<LaneId, Lane>,
     next_lane: LaneId,
     counts: Counts,
 }
@@ -182,7 +246,7 @@ impl OutQueue {
             bytes: 0,
             limit,
             live: 0,
-            lanes: HashMap::new(),
+            lanes: FastMap::default(),
             next_lane: 0,
             counts: Counts::default(),
         }
@@ -200,19 +264,19 @@ impl OutQueue {
 
     /// Queues a frame that must go out whatever the limit (a close frame).
     pub fn push_unbounded(&mut self, frame: Bytes) {
-        self.append(frame, None, Kind::Frame, StreamId::ZERO);
+        self.append(frame, NO_LANE);
     }
 
     /// Opens a lane for a subscription whose deliveries follow `spec`.
     pub fn open_lane(&mut self, spec: LaneSpec) -> LaneId {
         let id = self.next_lane;
-        self.next_lane = self.next_lane.wrapping_add(1);
+        self.next_lane = if id >= MAX_LANE { 0 } else { id + 1 };
         let throttle = spec.min_interval.map(|interval| Throttle {
             interval,
             next_at: None,
             scheduled: false,
             waiting: BTreeMap::new(),
-            by_key: HashMap::new(),
+            by_key: FastMap::default(),
             next_seq: 0,
             bytes: 0,
             lost: 0,
@@ -223,7 +287,7 @@ impl OutQueue {
             Lane {
                 spec,
                 queued: VecDeque::new(),
-                by_key: HashMap::new(),
+                by_key: FastMap::default(),
                 last_out,
                 hole: None,
                 throttle,
@@ -282,7 +346,8 @@ impl OutQueue {
             throttle.next_at = None;
             return Ok(None);
         };
-        throttle.by_key.remove(delivery.key.as_deref().unwrap_or_default());
+        let key = delivery.key.clone().unwrap_or_else(Key::channel);
+        throttle.by_key.remove(&key);
         throttle.bytes -= cost(&delivery.frame);
         self.bytes -= cost(&delivery.frame);
         let lost = std::mem::take(&mut throttle.lost);
@@ -305,24 +370,38 @@ impl OutQueue {
             let Some(slot) = self.slots.front() else {
                 break;
             };
-            if slot.kind == Kind::Tombstone {
-                self.slots.pop_front();
-                self.head += 1;
-                continue;
-            }
-            if let Some(lane) = slot.lane.and_then(|id| self.lanes.get_mut(&id)) {
-                if let Some(hole) = lane.hole {
-                    if moved + 2 > max {
-                        break;
-                    }
-                    lane.hole = None;
-                    self.bytes -= GAP_COST;
-                    let dropped = (lane.spec.policy == SlowConsumer::DropOldest).then_some(hole.dropped);
-                    out.push(frame::text(&envelope::gap(&lane.spec.channel, hole.after, dropped)));
-                    self.counts.gaps += 1;
-                    moved += 1;
+            match slot.tag {
+                TOMBSTONE => {
+                    self.slots.pop_front();
+                    self.head += 1;
+                    continue;
                 }
-                lane.last_out = slot.id;
+                NO_LANE => {}
+                lane_id => {
+                    if let Some(lane) = self.lanes.get_mut(&lane_id) {
+                        if let Some(hole) = lane.hole {
+                            if moved + 2 > max {
+                                break;
+                            }
+                            lane.hole = None;
+                            self.bytes -= GAP_COST;
+                            let dropped = (lane.spec.policy == SlowConsumer::DropOldest).then_some(hole.dropped);
+                            out.push(frame::text(&envelope::gap(&lane.spec.channel, hole.after, dropped)));
+                            self.counts.gaps += 1;
+                            moved += 1;
+                        }
+                        let seq = self.head;
+                        while let Some(&(queued, id)) = lane.queued.front() {
+                            if queued > seq {
+                                break;
+                            }
+                            lane.queued.pop_front();
+                            if queued == seq {
+                                lane.last_out = id;
+                            }
+                        }
+                    }
+                }
             }
             let Some(slot) = self.slots.pop_front() else {
                 break;
@@ -382,10 +461,10 @@ impl OutQueue {
         }
     }
 
-    fn append(&mut self, frame: Bytes, lane: Option<LaneId>, kind: Kind, id: StreamId) -> u64 {
+    fn append(&mut self, frame: Bytes, tag: u32) -> u64 {
         self.bytes += cost(&frame);
         self.live += 1;
-        self.slots.push_back(Slot { frame, lane, kind, id });
+        self.slots.push_back(Slot { frame, tag });
         self.head + self.slots.len() as u64 - 1
     }
 
@@ -397,7 +476,7 @@ impl OutQueue {
     fn is_queued_frame(&self, seq: u64) -> bool {
         seq.checked_sub(self.head)
             .and_then(|at| self.slots.get(usize::try_from(at).ok()?))
-            .is_some_and(|slot| slot.kind == Kind::Frame)
+            .is_some_and(|slot| slot.tag != TOMBSTONE)
     }
 
     /// Puts a delivery in the queue under its lane's policy.
@@ -406,9 +485,12 @@ impl OutQueue {
             return self.push(delivery.frame);
         };
         let policy = lane.spec.policy;
-        if policy == SlowConsumer::Conflate {
-            let key = delivery.key.clone().unwrap_or_default();
-            if let Some(&seq) = self.lanes.get(&lane_id).and_then(|l| l.by_key.get(&key)) {
+        let key = match policy {
+            SlowConsumer::Conflate => Some(delivery.key.clone().unwrap_or_else(Key::channel)),
+            _ => None,
+        };
+        if let Some(key) = &key {
+            if let Some(&seq) = lane.by_key.get(key) {
                 if self.is_queued_frame(seq) {
                     self.tombstone(seq);
                     self.counts.conflated += 1;
@@ -433,19 +515,16 @@ impl OutQueue {
                 return Ok(());
             }
         }
-        let seq = self.append(delivery.frame, Some(lane_id), Kind::Frame, delivery.id);
+        let seq = self.append(delivery.frame, lane_id);
         let head = self.head;
         let live = self.live;
         if let Some(lane) = self.lanes.get_mut(&lane_id) {
-            while lane.queued.front().is_some_and(|&s| s < head) {
-                lane.queued.pop_front();
-            }
-            lane.queued.push_back(seq);
-            if policy == SlowConsumer::Conflate {
+            lane.queued.push_back((seq, delivery.id));
+            if let Some(key) = key {
                 if lane.by_key.len() > 2 * live + COMPACT_AFTER {
                     lane.by_key.retain(|_, s| *s >= head);
                 }
-                lane.by_key.insert(delivery.key.unwrap_or_default(), seq);
+                lane.by_key.insert(key, seq);
             }
         }
         self.maybe_compact();
@@ -455,7 +534,7 @@ impl OutQueue {
     fn tombstone(&mut self, seq: u64) {
         if let Some(slot) = self.slot_mut(seq) {
             let freed = cost(&slot.frame);
-            slot.kind = Kind::Tombstone;
+            slot.tag = TOMBSTONE;
             slot.frame = Bytes::new();
             self.bytes -= freed;
             self.live -= 1;
@@ -465,7 +544,7 @@ impl OutQueue {
     /// Drops the lane's oldest queued delivery; false when it has none.
     fn drop_oldest_of(&mut self, lane_id: LaneId) -> bool {
         loop {
-            let Some(seq) = self.lanes.get_mut(&lane_id).and_then(|l| l.queued.pop_front()) else {
+            let Some((seq, _)) = self.lanes.get_mut(&lane_id).and_then(|l| l.queued.pop_front()) else {
                 return false;
             };
             if self.is_queued_frame(seq) {
@@ -500,7 +579,7 @@ impl OutQueue {
         let Some(throttle) = self.lanes.get_mut(&lane_id).and_then(|l| l.throttle.as_mut()) else {
             return Pushed::Queued;
         };
-        let key = delivery.key.clone().unwrap_or_default();
+        let key = delivery.key.clone().unwrap_or_else(Key::channel);
         let mut freed = 0;
         if let Some(old) = throttle.by_key.remove(&key) {
             if let Some(replaced) = throttle.waiting.remove(&old) {
@@ -552,7 +631,7 @@ impl OutQueue {
         let mut renumbered = vec![u64::MAX; self.slots.len()];
         let mut kept = VecDeque::with_capacity(self.live);
         for (at, slot) in self.slots.drain(..).enumerate() {
-            if slot.kind != Kind::Tombstone {
+            if slot.tag != TOMBSTONE {
                 renumbered[at] = head + kept.len() as u64;
                 kept.push_back(slot);
             }
@@ -563,13 +642,50 @@ impl OutQueue {
             renumbered.get(at).copied().filter(|&s| s != u64::MAX)
         };
         for lane in self.lanes.values_mut() {
-            lane.queued = lane.queued.iter().filter_map(|&s| map(s)).collect();
+            lane.queued = lane.queued.iter().filter_map(|&(s, id)| Some((map(s)?, id))).collect();
             lane.by_key = lane
                 .by_key
                 .drain()
                 .filter_map(|(key, s)| Some((key, map(s)?)))
                 .collect();
         }
+    }
+}
+
+/// When throttled lanes of a core's connections are due, soonest first: one
+/// entry per lane with deliveries waiting, not a timer per message.
+#[derive(Debug, Default)]
+pub struct Releases {
+    heap: BinaryHeap<Reverse<(Instant, u64, LaneId)>>,
+}
+
+impl Releases {
+    /// Schedules `lane` of connection `conn` at `at`; true when that is now
+    /// the soonest release (whoever sleeps until the soonest must wake).
+    pub fn schedule(&mut self, at: Instant, conn: u64, lane: LaneId) -> bool {
+        let sooner = self.next().is_none_or(|next| at < next);
+        self.heap.push(Reverse((at, conn, lane)));
+        sooner
+    }
+
+    /// When the soonest release is due.
+    pub fn next(&self) -> Option<Instant> {
+        self.heap.peek().map(|Reverse((at, ..))| *at)
+    }
+
+    /// Takes the soonest release when it is due by `now`.
+    pub fn pop_due(&mut self, now: Instant) -> Option<(u64, LaneId)> {
+        let Reverse((at, conn, lane)) = *self.heap.peek()?;
+        if at > now {
+            return None;
+        }
+        self.heap.pop();
+        Some((conn, lane))
+    }
+
+    /// Whether nothing is scheduled.
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
     }
 }
 

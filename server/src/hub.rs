@@ -4,15 +4,14 @@
 //! first subscriber makes the core subscribe in Redis, the last one leaving
 //! makes it stop (PROTOCOL.md: the union of what local clients want).
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use feedgate_core::channel::{Namespace, SlowConsumer, Source};
 use feedgate_core::frame::FrameBuilder;
-use feedgate_core::queue::{self, Delivery, LaneId, LaneSpec, Pushed};
+use feedgate_core::queue::{self, Delivery, Key, LaneId, LaneSpec, Pushed, Releases};
 use feedgate_core::resp::Entry;
 use feedgate_core::{key, StreamId};
 
@@ -120,16 +119,12 @@ pub enum Joined {
     Live,
 }
 
-/// A throttled lane's next release: when, whose, which lane.
-type Due = Reverse<(Instant, u64, LaneId)>;
-
 /// Channel name -> channel, for one core.
 #[derive(Default)]
 pub struct Hub {
     channels: HashMap<Rc<str>, Channel>,
-    /// Throttled lanes waiting for their next release, soonest first: one
-    /// entry per lane with deliveries waiting, not a timer per message.
-    throttled: BinaryHeap<Due>,
+    /// Throttled lanes waiting for their next release.
+    throttled: Releases,
     throttled_conns: HashMap<u64, Weak<Conn>>,
     /// Woken when a release becomes due sooner than before.
     pub throttle_wake: Rc<Notify>,
@@ -316,7 +311,9 @@ impl Hub {
             let frame = frames.stream_delivery(&channel.name, entry.id, &entry.fields);
             // Read once per message per core, and only when a lane uses it.
             let key = match &channel.key {
-                Some(field) if channel.lanes > 0 => key::of_entry(&entry.fields, field).map(Bytes::copy_from_slice),
+                Some(field) if channel.lanes > 0 => {
+                    key::of_entry(&entry.fields, field).map(|k| Key::new(Bytes::copy_from_slice(k)))
+                }
                 _ => None,
             };
             due.extend(fan_out(&mut channel.subs, Source::Stream, entry.id, &frame, key, now));
@@ -334,7 +331,9 @@ impl Hub {
         }
         let frame = frames.pubsub_delivery(&channel.name, body);
         let key = match &channel.key {
-            Some(field) if channel.lanes > 0 => key::top_level_field(body, field).map(Bytes::copy_from_slice),
+            Some(field) if channel.lanes > 0 => {
+                key::top_level_field(body, field).map(|k| Key::new(Bytes::copy_from_slice(k)))
+            }
             _ => None,
         };
         let due = fan_out(
@@ -351,12 +350,10 @@ impl Hub {
     /// Remembers throttled lanes that have a release due.
     fn schedule(&mut self, due: Vec<(Instant, Rc<Conn>, LaneId)>) {
         for (at, conn, lane) in due {
-            let sooner = self.throttled.peek().is_none_or(|Reverse((next, ..))| at < *next);
             self.throttled_conns
                 .entry(conn.id)
                 .or_insert_with(|| Rc::downgrade(&conn));
-            self.throttled.push(Reverse((at, conn.id, lane)));
-            if sooner {
+            if self.throttled.schedule(at, conn.id, lane) {
                 self.throttle_wake.notify();
             }
         }
@@ -364,18 +361,14 @@ impl Hub {
 
     /// When the soonest throttled release is due.
     pub fn next_release(&self) -> Option<Instant> {
-        self.throttled.peek().map(|Reverse((at, ..))| *at)
+        self.throttled.next()
     }
 
     /// Releases every throttled delivery due by `now`, one per lane, and
     /// schedules the lanes' next ones.
     pub fn release_due(&mut self, now: Instant) {
         let mut again = Vec::new();
-        while let Some(Reverse((at, conn_id, lane))) = self.throttled.peek().copied() {
-            if at > now {
-                break;
-            }
-            self.throttled.pop();
+        while let Some((conn_id, lane)) = self.throttled.pop_due(now) {
             let Some(conn) = self.throttled_conns.get(&conn_id).and_then(Weak::upgrade) else {
                 self.throttled_conns.remove(&conn_id);
                 continue;
@@ -407,7 +400,7 @@ fn fan_out(
     source: Source,
     id: StreamId,
     frame: &Bytes,
-    key: Option<Bytes>,
+    key: Option<Key>,
     now: Instant,
 ) -> Vec<(Instant, Rc<Conn>, LaneId)> {
     let mut due = Vec::new();

@@ -21,7 +21,7 @@ fn delivery(channel: &str, n: u64, key: Option<&str>, size: usize) -> Delivery {
     Delivery {
         frame: frame::text(json.as_bytes()),
         id: StreamId::new(n, 0),
-        key: key.map(|k| Bytes::copy_from_slice(k.as_bytes())),
+        key: key.map(|k| Key::new(Bytes::copy_from_slice(k.as_bytes()))),
     }
 }
 
