@@ -33,6 +33,7 @@ const TARGETS: &[(&str, Check)] = &[
     ("http_head", checks::http_head),
     ("resp_decode", checks::resp_decode),
     ("payload", strict_payload),
+    ("payload_key", checks::payload_key),
 ];
 
 fn regressions() -> PathBuf {

@@ -260,3 +260,38 @@ pub fn ws_step(inbound: &mut Inbound, frame: InFrame<'_>, messages: &mut usize) 
         Action::None => None,
     }
 }
+
+/// The namespace `key` read off a payload (`feedgate_core::key`): the first
+/// byte (mod 4) picks the field name, the rest is the payload. The scan never
+/// panics, returns a span inside the payload, and on a JSON object that has
+/// the field the span is that field's whole JSON value.
+pub fn payload_key(data: &[u8]) -> String {
+    let Some((&pick, json)) = data.split_first() else {
+        return "empty".to_owned();
+    };
+    let field = ["sym", "k", "", "a\"b"][usize::from(pick % 4)];
+    let found = feedgate_core::key::top_level_field(json, field);
+    if let Some(value) = found {
+        let start = value.as_ptr() as usize - json.as_ptr() as usize;
+        assert!(start + value.len() <= json.len(), "span outside the payload");
+    }
+    let parsed = serde_json::from_slice::<serde_json::Value>(json).ok();
+    match (parsed.as_ref().and_then(|v| v.as_object()), found) {
+        (Some(object), Some(value)) => {
+            if object.contains_key(field) {
+                assert!(
+                    serde_json::from_slice::<serde_json::Value>(value).is_ok(),
+                    "the key of a JSON object is not a whole JSON value: {:?}",
+                    String::from_utf8_lossy(value)
+                );
+            }
+            "key".to_owned()
+        }
+        (Some(object), None) => {
+            assert!(!object.contains_key(field), "a JSON object's field `{field}` was not found");
+            "no key".to_owned()
+        }
+        (None, Some(_)) => "span of non-JSON".to_owned(),
+        (None, None) => "no key".to_owned(),
+    }
+}
