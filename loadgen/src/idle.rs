@@ -19,7 +19,7 @@ pub struct IdleReport {
 /// Opens `connections`, waits `settle`, and compares the RSS of `pid`.
 pub async fn measure(target: Target, connections: usize, pid: u32, settle: Duration) -> anyhow::Result<IdleReport> {
     let rss_before = rss_bytes(pid)?;
-    let session = Session::open(target, connections).await?;
+    let session = Session::open(target, connections, &[]).await?;
     monoio::time::sleep(settle).await;
     let rss_after = rss_bytes(pid)?;
     let subscribed = session.shared.subscribed.get();

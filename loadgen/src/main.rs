@@ -5,7 +5,9 @@
 //! - [`publisher`]: the open-loop publisher (XADD or PUBLISH into Redis).
 //! - [`pacing`]: when each message is due (coordinated-omission safe).
 //! - [`delivery`]: the payload and reading it back from a delivery.
-//! - [`stats`]: latency histogram and loss/duplicate/order bookkeeping.
+//! - [`stats`]: latency histogram, loss/duplicate/order/gap bookkeeping, and
+//!   what each slow-consumer policy promises.
+//! - [`slow`]: slow and stalled neighbours and their outcomes.
 //! - [`wsclient`]: a lean WebSocket client.
 //! - [`idle`], [`limit`]: memory per idle connection; the machine's ceiling.
 //! - [`report`]: summaries, JSON, percentile distributions, plots.
@@ -18,6 +20,7 @@ mod pacing;
 mod publisher;
 mod report;
 mod session;
+mod slow;
 mod stats;
 mod target;
 mod wsclient;
@@ -32,6 +35,8 @@ use serde_json::json;
 
 use crate::publisher::Kind;
 use crate::session::{Session, Step, Target};
+use crate::slow::{ExtraKind, ExtraOutcome};
+use crate::stats::{Acceptance, Policy};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -76,9 +81,21 @@ struct TargetArgs {
     /// stream (XADD) or pubsub (PUBLISH).
     #[arg(long, value_enum, default_value = "stream")]
     kind: Kind,
-    /// Channel name prefix [default: `lg.` for stream, `ps.lg.` for pubsub].
+    /// Channel name prefix [default: `lg.` for stream, `ps.lg.` for pubsub;
+    /// with --policy P, `lg.P.` and `ps.lg.P.`].
     #[arg(long)]
     prefix: Option<String>,
+    /// The slow-consumer policy the server applies to these channels. The
+    /// server sets it per namespace (start it with e.g.
+    /// `--namespace lg.conflate.=stream:conflate:sym`); this picks the channel
+    /// prefix for it, the rule deliveries are counted by, and is recorded in
+    /// the report.
+    #[arg(long, value_enum)]
+    policy: Option<Policy>,
+    /// Instruments each channel's payloads cycle over, in field `sym` (`k0`, `k1`, ...),
+    /// for servers that conflate by key.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    keys: u64,
     /// Source addresses to spread connections over (default: automatic past ~28k connections).
     #[arg(long, value_delimiter = ',')]
     source_addrs: Vec<IpAddr>,
@@ -109,6 +126,33 @@ struct FanoutArgs {
     /// Seconds measured.
     #[arg(long, short = 'd', default_value_t = 10.0)]
     duration: f64,
+    /// Subscribe with `"max_rate": R` (messages per second per channel): each
+    /// client then gets a conflated subset, counted as such.
+    #[arg(long, value_parser = positive_rate)]
+    max_rate: Option<f64>,
+    /// Extra connections that subscribe, then never read until the run is over.
+    #[arg(long, default_value_t = 0)]
+    stalled: usize,
+    /// Extra connections that read one frame every --slow-read-ms.
+    #[arg(long, default_value_t = 0)]
+    slow: usize,
+    /// Milliseconds a slow connection waits after each frame it reads.
+    #[arg(long, default_value_t = 100, requires = "slow", value_parser = clap::value_parser!(u64).range(1..))]
+    slow_read_ms: u64,
+    /// Receive buffer (SO_RCVBUF) of the slow and stalled connections, so the
+    /// server's queue, not the kernel's buffers, takes the backlog [default: the kernel's].
+    #[arg(long)]
+    slow_rcvbuf: Option<usize>,
+    /// PID of the server, whose RSS is recorded before and after the run.
+    #[arg(long)]
+    server_pid: Option<u32>,
+}
+
+fn positive_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!("`{text}` is not a positive number of messages per second")),
+    }
 }
 
 #[derive(Args)]
@@ -197,29 +241,55 @@ fn on_runtime(cpu: Option<usize>, work: impl std::future::Future<Output = anyhow
     rt.block_on(work)
 }
 
-fn target(args: &TargetArgs) -> anyhow::Result<Target> {
+/// The channel prefix: `--prefix`, else `lg.` (`ps.lg.` for pub/sub), with
+/// the policy's name appended when one is given.
+fn prefix(args: &TargetArgs) -> String {
+    if let Some(p) = &args.prefix {
+        return p.clone();
+    }
+    let base = match args.kind {
+        Kind::Stream => "lg.",
+        Kind::Pubsub => "ps.lg.",
+    };
+    match args.policy {
+        Some(policy) => format!("{base}{}.", policy.as_str()),
+        None => base.to_owned(),
+    }
+}
+
+/// Extra (not measured) connections a fanout opens.
+#[derive(Default)]
+struct Extras {
+    kinds: Vec<ExtraKind>,
+    max_rate: Option<f64>,
+    rcvbuf: Option<usize>,
+}
+
+fn target(args: &TargetArgs, extras: &Extras) -> anyhow::Result<Target> {
     let (ws, path) = target::ws_url(&args.url)?;
     let redis = target::redis_url(&args.redis)?;
     if args.connections == 0 || args.channels == 0 {
         anyhow::bail!("--connections and --channels must be at least 1");
     }
-    target::raise_fd_limit(args.connections as u64 + 64)?;
-    let prefix = args.prefix.clone().unwrap_or_else(|| match args.kind {
-        Kind::Stream => "lg.".into(),
-        Kind::Pubsub => "ps.lg.".into(),
-    });
+    let all = args.connections + extras.kinds.len();
+    target::raise_fd_limit(all as u64 + 64)?;
+    let prefix = prefix(args);
     Ok(Target {
         ws,
         path,
         redis,
         kind: args.kind,
         channels: (0..args.channels).map(|i| format!("{prefix}{i}")).collect(),
-        sources: target::sources(args.connections, &args.source_addrs)?,
+        sources: target::sources(all, &args.source_addrs)?,
+        max_rate: extras.max_rate,
+        keys: args.keys,
+        acceptance: Acceptance::of(args.kind, args.policy, extras.max_rate),
+        slow_rcvbuf: extras.rcvbuf,
     })
 }
 
-async fn open(args: &TargetArgs) -> anyhow::Result<Session> {
-    let session = Session::open(target(args)?, args.connections).await?;
+async fn open(args: &TargetArgs, extras: &Extras) -> anyhow::Result<Session> {
+    let session = Session::open(target(args, extras)?, args.connections, &extras.kinds).await?;
     let s = &session.shared;
     eprintln!(
         "connected: {} subscribed, {} connect errors, {} protocol errors{}",
@@ -243,7 +313,7 @@ fn summary(step: &Step) -> String {
     format!(
         "offered {:.0} msg/s, published {} ({} errors); deliveries {} of {} expected, {:.0}/s in window\n\
          latency us: p50 {} p90 {} p99 {} p99.9 {} p99.99 {} max {} (n={})\n\
-         lost {} duplicated {} out-of-order {}",
+         lost {} duplicated {} out-of-order {}{}",
         step.rate_offered,
         step.published,
         step.publish_errors,
@@ -259,8 +329,76 @@ fn summary(step: &Step) -> String {
         l.count,
         step.lost,
         step.duplicated,
-        step.out_of_order
+        step.out_of_order,
+        subset_summary(step)
     )
+}
+
+/// The line a non-exact delivery rule (or anything it counts) adds.
+fn subset_summary(step: &Step) -> String {
+    let quiet = step.acceptance == Acceptance::Exact
+        && step.gaps == 0
+        && step.stale == 0
+        && step.skipped == 0
+        && step.keys_without_newest == 0;
+    if quiet {
+        return String::new();
+    }
+    let c = &step.per_client_deliveries_per_sec;
+    format!(
+        "\ncounted as {}: skipped {} (announced or conflated), stale {}, keys without their newest {}; \
+         gaps {} ({} dropped, {} mismatched); per client {:.1}/s (min {:.1}, max {:.1})",
+        step.acceptance.as_str(),
+        step.skipped,
+        step.stale,
+        step.keys_without_newest,
+        step.gaps,
+        step.gap_dropped,
+        step.gap_mismatches,
+        c.mean,
+        c.min,
+        c.max
+    )
+}
+
+/// One line per slow or stalled connection.
+fn extras_summary(outcomes: &[ExtraOutcome]) -> String {
+    outcomes
+        .iter()
+        .map(|o| {
+            let how = match (o.end, o.close_code) {
+                ("closed", Some(code)) => format!(
+                    "closed with {code} ({}){}",
+                    o.close_reason.as_deref().unwrap_or(""),
+                    o.closed_after_s
+                        .map(|s| format!(", read {s:.1} s after its subscribe"))
+                        .unwrap_or_default()
+                ),
+                ("closed", None) => "closed without a code".to_owned(),
+                ("failed", _) => format!("failed: {}", o.error.as_deref().unwrap_or("?")),
+                ("eof", _) => "ended without a close frame".to_owned(),
+                _ => "still open".to_owned(),
+            };
+            let every = o.read_every_ms.map(|ms| format!(" (one frame per {ms} ms)")).unwrap_or_default();
+            format!(
+                "{}{every} on {}: {how}; {} deliveries, {} gaps ({} dropped), {} silent holes, {} out of order, {} stale",
+                o.kind,
+                o.channel,
+                o.deliveries,
+                o.gaps,
+                o.gap_dropped,
+                o.counts.silent_holes,
+                o.counts.out_of_order,
+                o.counts.stale
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn rss(pid: Option<u32>) -> anyhow::Result<Option<u64>> {
+    pid.map(|pid| target::rss_bytes(pid).map_err(|e| anyhow::anyhow!("cannot read the RSS of --server-pid {pid}: {e}")))
+        .transpose()
 }
 
 fn emit(
@@ -281,7 +419,16 @@ fn emit(
 
 async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
     let t = &args.target;
-    let mut session = open(t).await?;
+    let every = Duration::from_millis(args.slow_read_ms);
+    let extras = Extras {
+        kinds: std::iter::repeat_n(ExtraKind::Stalled, args.stalled)
+            .chain(std::iter::repeat_n(ExtraKind::Slow { every }, args.slow))
+            .collect(),
+        max_rate: args.max_rate,
+        rcvbuf: args.slow_rcvbuf,
+    };
+    let mut session = open(t, &extras).await?;
+    let rss_before = rss(args.server_pid)?;
     let step = session
         .step(
             args.rate,
@@ -290,24 +437,55 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
             args.payload,
         )
         .await?;
+    // Read while the slow and stalled connections still hold what they hold.
+    let rss_after = rss(args.server_pid)?;
+    let outcomes = session.finish_extras().await;
     eprintln!("{}", summary(&step));
+    let shared = &session.shared;
+    if shared.protocol_errors.get() + shared.closed.get() > 0 {
+        eprintln!(
+            "measured connections: {} protocol errors, {} closed by the server (first error: {})",
+            shared.protocol_errors.get(),
+            shared.closed.get(),
+            shared.first_error.borrow().as_deref().unwrap_or("none")
+        );
+    }
+    if !outcomes.is_empty() {
+        eprintln!("{}", extras_summary(&outcomes));
+    }
     let json = json!({
         "mode": "fanout", "url": t.url, "kind": t.kind, "connections": t.connections, "channels": t.channels,
+        "channel_prefix": prefix(t), "policy": t.policy, "keys": t.keys, "max_rate": args.max_rate,
         "payload_bytes": args.payload, "warmup_s": args.warmup, "duration_s": args.duration,
-        "connect_errors": session.shared.connect_errors.get(), "protocol_errors": session.shared.protocol_errors.get(),
-        "result": step,
+        "stalled": args.stalled, "slow": args.slow, "slow_read_ms": (args.slow > 0).then_some(args.slow_read_ms),
+        "slow_rcvbuf": args.slow_rcvbuf,
+        "server_rss_bytes": args.server_pid.map(|_| json!({"before": rss_before, "after": rss_after})),
+        "connect_errors": shared.connect_errors.get(), "protocol_errors": shared.protocol_errors.get(),
+        "closed": shared.closed.get(), "first_error": *shared.first_error.borrow(),
+        "result": step, "extras": outcomes,
     });
-    let name = format!(
+    let mut name = format!(
         "fanout-{:?}-n{}-c{}-r{}-p{}",
         t.kind, t.connections, t.channels, args.rate, args.payload
-    )
-    .to_lowercase();
-    emit(t, "fanout", name, json, &step)
+    );
+    if let Some(policy) = t.policy {
+        name += &format!("-{}", policy.as_str());
+    }
+    if let Some(r) = args.max_rate {
+        name += &format!("-maxrate{r}");
+    }
+    if args.stalled > 0 {
+        name += &format!("-stalled{}", args.stalled);
+    }
+    if args.slow > 0 {
+        name += &format!("-slow{}x{}ms", args.slow, args.slow_read_ms);
+    }
+    emit(t, "fanout", name.to_lowercase(), json, &step)
 }
 
 async fn sweep(args: SweepArgs) -> anyhow::Result<()> {
     let t = &args.target;
-    let mut session = open(t).await?;
+    let mut session = open(t, &Extras::default()).await?;
     let mut rate = args.start_rate;
     let mut best: Option<Step> = None;
     let mut steps = Vec::new();
@@ -339,6 +517,7 @@ async fn sweep(args: SweepArgs) -> anyhow::Result<()> {
     }
     let json = json!({
         "mode": "sweep", "url": t.url, "kind": t.kind, "connections": t.connections, "channels": t.channels,
+        "channel_prefix": prefix(t), "policy": t.policy, "keys": t.keys,
         "payload_bytes": args.payload, "p99_bound_us": args.p99_bound_us,
         "best_deliveries_per_sec": best.as_ref().map(|b| b.deliveries_per_sec), "best": best, "steps": steps,
     });
@@ -357,7 +536,7 @@ async fn sweep(args: SweepArgs) -> anyhow::Result<()> {
 async fn idle(args: IdleArgs) -> anyhow::Result<()> {
     let t = &args.target;
     let report = idle::measure(
-        target(t)?,
+        target(t, &Extras::default())?,
         t.connections,
         args.pid,
         Duration::from_secs_f64(args.settle),

@@ -29,6 +29,8 @@ pub struct Plan {
     pub rate: f64,
     pub duration: Duration,
     pub payload: usize,
+    /// Instruments each channel's payloads cycle over (the `sym` field).
+    pub keys: u64,
     /// Time zero of the intended send times carried in payloads.
     pub epoch: Instant,
     /// When this run's message 0 is due.
@@ -72,7 +74,7 @@ pub fn run(plan: &Plan, mut next_seq: Vec<u64>) -> anyhow::Result<Outcome> {
             let seq = next_seq[ch];
             next_seq[ch] += 1;
             let intended = (plan.start + schedule.due(k)).duration_since(plan.epoch).as_nanos() as u64;
-            let body = delivery::payload(seq, intended, plan.payload);
+            let body = delivery::payload(seq, intended, plan.keys, plan.payload);
             let name = plan.channels[ch].as_bytes();
             match plan.kind {
                 Kind::Stream => resp::encode_command(

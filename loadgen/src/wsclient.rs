@@ -11,13 +11,20 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use socket2::{Domain, Socket, Type};
 
-/// Connects to `addr`, from `source` when given.
-pub async fn connect(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
-    let Some(ip) = source else {
+/// Connects to `addr`, from `source` when given, with a receive buffer of
+/// `rcvbuf` bytes when given (set before connecting, so the window the server
+/// sees is small from the start; the kernel doubles the value).
+pub async fn connect(addr: SocketAddr, source: Option<IpAddr>, rcvbuf: Option<usize>) -> io::Result<TcpStream> {
+    if source.is_none() && rcvbuf.is_none() {
         return TcpStream::connect_addr(addr).await;
-    };
+    }
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    socket.bind(&SocketAddr::new(ip, 0).into())?;
+    if let Some(bytes) = rcvbuf {
+        socket.set_recv_buffer_size(bytes)?;
+    }
+    if let Some(ip) = source {
+        socket.bind(&SocketAddr::new(ip, 0).into())?;
+    }
     socket.set_nonblocking(true)?;
     match socket.connect(&addr.into()) {
         Ok(()) => {}
@@ -64,6 +71,60 @@ pub async fn read_more<R: AsyncReadRent>(src: &mut R, mut buf: BytesMut) -> (io:
     let start = buf.len();
     let (r, slice) = src.read(buf.slice_mut(start..)).await;
     (r, slice.into_inner())
+}
+
+/// Reads until `buf` starts with one complete frame, never reading past that
+/// frame's end: a client that handles one frame at a time leaves the rest in
+/// the kernel, where it holds back the server as a slow reader would.
+pub async fn read_frame<R: AsyncReadRent>(src: &mut R, mut buf: BytesMut) -> (io::Result<FrameRef>, BytesMut) {
+    loop {
+        if let Some(frame) = parse_frame(&buf) {
+            return (Ok(frame), buf);
+        }
+        let need = bytes_missing(&buf).clamp(1, 64 * 1024);
+        buf.reserve(need);
+        let start = buf.len();
+        let (r, slice) = src.read(buf.slice_mut(start..start + need)).await;
+        buf = slice.into_inner();
+        match r {
+            Ok(0) => {
+                return (
+                    Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed")),
+                    buf,
+                )
+            }
+            Ok(_) => {}
+            Err(e) => return (Err(e), buf),
+        }
+    }
+}
+
+/// Bytes still to read before `buf` starts with a complete frame (0 when it
+/// does); while the header is incomplete, the bytes that complete the part of
+/// it that gives the length.
+pub fn bytes_missing(buf: &[u8]) -> usize {
+    if buf.len() < 2 {
+        return 2 - buf.len();
+    }
+    let extended = match buf[1] & 0x7f {
+        126 => 2,
+        127 => 8,
+        _ => 0,
+    };
+    if buf.len() < 2 + extended {
+        return 2 + extended - buf.len();
+    }
+    let len = match extended {
+        2 => u16::from_be_bytes([buf[2], buf[3]]) as usize,
+        8 => {
+            let mut be = [0u8; 8];
+            be.copy_from_slice(&buf[2..10]);
+            usize::try_from(u64::from_be_bytes(be)).unwrap_or(usize::MAX)
+        }
+        _ => (buf[1] & 0x7f) as usize,
+    };
+    let mask = if buf[1] & 0x80 != 0 { 4 } else { 0 };
+    (2 + extended + mask).saturating_add(len).saturating_sub(buf.len())
 }
 
 /// A masked client frame (RFC 6455 5.3: clients must mask).
@@ -140,6 +201,28 @@ mod tests {
             assert_eq!((f.opcode, f.end - f.start, f.end), (TEXT, len, frame.len()));
             assert!(parse_frame(&frame[..frame.len() - 1]).is_none() || len == 0);
         }
+    }
+
+    #[test]
+    fn bytes_missing_reads_no_further_than_the_first_frame() {
+        for len in [0usize, 5, 125, 126, 300, 70_000] {
+            let mut two = feedgate_core::frame::text(&vec![b'a'; len]).to_vec();
+            let first = two.len();
+            two.extend_from_slice(&feedgate_core::frame::text(b"next"));
+            for have in 0..first {
+                let missing = bytes_missing(&two[..have]);
+                assert!(
+                    missing > 0 && have + missing <= first,
+                    "len {len}, have {have}: {missing}"
+                );
+                assert!(parse_frame(&two[..have]).is_none());
+            }
+            assert_eq!(bytes_missing(&two[..first]), 0, "len {len}");
+            assert_eq!(bytes_missing(&two), 0, "a second frame changes nothing");
+        }
+        // A bogus 64-bit length does not overflow.
+        let huge = [0x81, 127, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+        assert!(bytes_missing(&huge) > 0);
     }
 
     #[test]
