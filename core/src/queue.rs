@@ -129,12 +129,10 @@ pub struct Key {
 impl Key {
     /// The key value `bytes`.
     pub fn new(bytes: Bytes) -> Self {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        std::hash::Hash::hash(&bytes[..], &mut hasher);
-        Self {
-            hash: std::hash::Hasher::finish(&hasher),
-            bytes,
-        }
+        // Seeded once per process: producers cannot pick keys that collide.
+        static SEED: std::sync::OnceLock<std::collections::hash_map::RandomState> = std::sync::OnceLock::new();
+        let hash = std::hash::BuildHasher::hash_one(SEED.get_or_init(Default::default), &bytes[..]);
+        Self { hash, bytes }
     }
 
     /// The key of a lane that conflates by channel.
@@ -187,6 +185,8 @@ type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Premixed>>;
 struct Hole {
     after: Option<StreamId>,
     dropped: u64,
+    /// The hole lies before the lane's slots from this sequence number on.
+    at: u64,
 }
 
 #[derive(Debug)]
@@ -230,8 +230,11 @@ pub struct OutQueue {
     head: u64,
     bytes: usize,
     limit: usize,
-    /// Slots that are frames or gaps (not tombstones).
+    /// Slots that are frames (not tombstones).
     live: usize,
+    /// Bytes of deliveries waiting in throttled lanes, all lanes together:
+    /// bounded by half the limit, and not part of the writer's queue.
+    throttled_bytes: usize,
     lanes: FastMap<LaneId, Lane>,
     next_lane: LaneId,
     counts: Counts,
@@ -246,6 +249,7 @@ impl OutQueue {
             bytes: 0,
             limit,
             live: 0,
+            throttled_bytes: 0,
             lanes: FastMap::default(),
             next_lane: 0,
             counts: Counts::default(),
@@ -296,15 +300,21 @@ impl OutQueue {
         id
     }
 
-    /// Closes a lane (unsubscribe): what it queued still goes out, what its
-    /// throttle held is dropped.
-    pub fn close_lane(&mut self, lane: LaneId) {
-        if let Some(lane) = self.lanes.remove(&lane) {
-            if let Some(throttle) = lane.throttle {
-                self.bytes -= throttle.bytes;
-            }
-            if lane.hole.is_some() {
-                self.bytes -= GAP_COST;
+    /// Closes a lane (unsubscribe, or its channel dropped): what it queued or
+    /// held is dropped, so nothing of it goes out after a hole left unannounced.
+    pub fn close_lane(&mut self, lane_id: LaneId) {
+        let Some(lane) = self.lanes.remove(&lane_id) else {
+            return;
+        };
+        if let Some(throttle) = lane.throttle {
+            self.throttled_bytes -= throttle.bytes;
+        }
+        if lane.hole.is_some() {
+            self.bytes -= GAP_COST;
+        }
+        for (seq, _) in lane.queued {
+            if self.is_queued_frame(seq) {
+                self.tombstone(seq);
             }
         }
     }
@@ -349,14 +359,14 @@ impl OutQueue {
         let key = delivery.key.clone().unwrap_or_else(Key::channel);
         throttle.by_key.remove(&key);
         throttle.bytes -= cost(&delivery.frame);
-        self.bytes -= cost(&delivery.frame);
+        self.throttled_bytes -= cost(&delivery.frame);
         let lost = std::mem::take(&mut throttle.lost);
         let next_at = now + throttle.interval;
         throttle.next_at = Some(next_at);
         let more = !throttle.waiting.is_empty();
         throttle.scheduled = more;
         if lost > 0 {
-            self.record_drops(lane_id, lost);
+            self.record_drops(lane_id, lost, true);
         }
         self.queue_delivery(lane_id, delivery)?;
         Ok(more.then_some(next_at))
@@ -379,13 +389,16 @@ impl OutQueue {
                 NO_LANE => {}
                 lane_id => {
                     if let Some(lane) = self.lanes.get_mut(&lane_id) {
-                        if let Some(hole) = lane.hole {
+                        if let Some(hole) = lane.hole.filter(|hole| self.head >= hole.at) {
                             if moved + 2 > max {
                                 break;
                             }
                             lane.hole = None;
                             self.bytes -= GAP_COST;
-                            let dropped = (lane.spec.policy == SlowConsumer::DropOldest).then_some(hole.dropped);
+                            // Exact only where every skipped id was dropped:
+                            // conflation and throttling replace ids uncounted.
+                            let exact = lane.spec.policy == SlowConsumer::DropOldest && lane.throttle.is_none();
+                            let dropped = exact.then_some(hole.dropped);
                             out.push(frame::text(&envelope::gap(&lane.spec.channel, hole.after, dropped)));
                             self.counts.gaps += 1;
                             moved += 1;
@@ -420,7 +433,7 @@ impl OutQueue {
     /// Records `n` deliveries of `lane` lost outside the queue (dropped while
     /// held for a replay): a gap precedes the lane's next delivery.
     pub fn note_lost(&mut self, lane: LaneId, n: u64) {
-        self.record_drops(lane, n);
+        self.record_drops(lane, n, true);
     }
 
     /// The counts since the last call.
@@ -433,9 +446,15 @@ impl OutQueue {
         self.limit
     }
 
-    /// Bytes queued (throttled deliveries included), overhead included.
+    /// Bytes queued for the writer, overhead included (what throttled lanes
+    /// hold is bounded apart).
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Bytes held by throttled lanes, waiting for their next release.
+    pub fn throttled_bytes(&self) -> usize {
+        self.throttled_bytes
     }
 
     /// Whether nothing is queued for the writer.
@@ -459,6 +478,7 @@ impl OutQueue {
                 throttle.bytes = 0;
             }
         }
+        self.throttled_bytes = 0;
     }
 
     fn append(&mut self, frame: Bytes, tag: u32) -> u64 {
@@ -511,7 +531,7 @@ impl OutQueue {
             if self.bytes + need > self.limit && self.live > 0 {
                 // The queue is full of other channels: this delivery is the
                 // lane's oldest that is not out yet.
-                self.record_drops(lane_id, 1);
+                self.record_drops(lane_id, 1, true);
                 return Ok(());
             }
         }
@@ -549,24 +569,38 @@ impl OutQueue {
             };
             if self.is_queued_frame(seq) {
                 self.tombstone(seq);
-                self.record_drops(lane_id, 1);
+                self.record_drops(lane_id, 1, false);
                 return true;
             }
         }
     }
 
-    /// Records `n` deliveries of the lane lost since its last one out.
-    fn record_drops(&mut self, lane_id: LaneId, n: u64) {
+    /// Records `n` deliveries of the lane lost: the oldest it had queued
+    /// (`behind_queued` false), or ones after everything it queued.
+    fn record_drops(&mut self, lane_id: LaneId, n: u64, behind_queued: bool) {
         self.counts.dropped += n;
+        let next_seq = self.head + self.slots.len() as u64;
+        // The newest delivery still queued precedes a hole behind everything.
+        let newest_queued = self.lanes.get(&lane_id).and_then(|lane| {
+            let &(seq, id) = lane.queued.back()?;
+            (behind_queued && self.is_queued_frame(seq)).then_some(id)
+        });
         let Some(lane) = self.lanes.get_mut(&lane_id) else {
             return;
         };
         match &mut lane.hole {
-            Some(hole) => hole.dropped += n,
+            Some(hole) => {
+                hole.dropped += n;
+                if !behind_queued {
+                    hole.at = 0;
+                }
+            }
             None => {
+                let after = newest_queued.unwrap_or(lane.last_out);
                 lane.hole = Some(Hole {
-                    after: lane.spec.stream.then_some(lane.last_out),
+                    after: lane.spec.stream.then_some(after),
                     dropped: n,
+                    at: if behind_queued { next_seq } else { 0 },
                 });
                 self.bytes += GAP_COST;
             }
@@ -575,31 +609,31 @@ impl OutQueue {
 
     /// Holds a throttled delivery, conflated by key; returns when it is due.
     fn hold(&mut self, lane_id: LaneId, delivery: Delivery, now: Instant) -> Pushed {
-        let limit = self.limit;
+        // What every throttled lane of the connection holds may take half the
+        // bound; past it this lane's oldest waiting delivery is lost, announced.
+        let budget = self.limit / 2;
+        let mut total = self.throttled_bytes;
         let Some(throttle) = self.lanes.get_mut(&lane_id).and_then(|l| l.throttle.as_mut()) else {
             return Pushed::Queued;
         };
         let key = delivery.key.clone().unwrap_or_else(Key::channel);
-        let mut freed = 0;
         if let Some(old) = throttle.by_key.remove(&key) {
             if let Some(replaced) = throttle.waiting.remove(&old) {
-                freed += cost(&replaced.frame);
+                throttle.bytes -= cost(&replaced.frame);
+                total -= cost(&replaced.frame);
             }
         }
-        // Waiting deliveries may take half the bound: the rest is for the
-        // queue itself. Past it the oldest waiting one is lost, announced.
         let need = cost(&delivery.frame);
-        let mut lost = 0;
-        while throttle.bytes - freed + need > limit / 2 {
+        while total + need > budget {
             let Some((_, oldest)) = throttle.waiting.pop_first() else {
                 break;
             };
-            throttle.by_key.retain(|_, s| throttle.waiting.contains_key(s));
-            freed += cost(&oldest.frame);
-            lost += 1;
+            throttle.by_key.remove(&oldest.key.unwrap_or_else(Key::channel));
+            throttle.bytes -= cost(&oldest.frame);
+            total -= cost(&oldest.frame);
+            throttle.lost += 1;
         }
-        throttle.bytes = throttle.bytes - freed + need;
-        throttle.lost += lost;
+        throttle.bytes += need;
         let seq = throttle.next_seq;
         throttle.next_seq += 1;
         throttle.by_key.insert(key, seq);
@@ -607,16 +641,19 @@ impl OutQueue {
         let due = throttle.next_at.unwrap_or(now);
         let schedule = !throttle.scheduled;
         throttle.scheduled = true;
-        self.bytes = self.bytes - freed + need;
-        self.counts.dropped += lost;
+        self.throttled_bytes = total + need;
         Pushed::Throttled { due, schedule }
     }
 
     /// With nothing queued, no stored position can point at a live slot.
     fn forget_positions(&mut self) {
         for lane in self.lanes.values_mut() {
-            lane.queued.clear();
-            lane.by_key.clear();
+            if !lane.queued.is_empty() {
+                lane.queued.clear();
+            }
+            if !lane.by_key.is_empty() {
+                lane.by_key.clear();
+            }
         }
     }
 
@@ -641,7 +678,22 @@ impl OutQueue {
             let at = usize::try_from(seq.checked_sub(head)?).ok()?;
             renumbered.get(at).copied().filter(|&s| s != u64::MAX)
         };
+        let next = head + self.slots.len() as u64;
+        let first_kept_from = |seq: u64| -> u64 {
+            let from = usize::try_from(seq.saturating_sub(head)).unwrap_or(usize::MAX);
+            renumbered
+                .iter()
+                .skip(from)
+                .find(|&&s| s != u64::MAX)
+                .copied()
+                .unwrap_or(next)
+        };
         for lane in self.lanes.values_mut() {
+            if let Some(hole) = &mut lane.hole {
+                if hole.at > head {
+                    hole.at = first_kept_from(hole.at);
+                }
+            }
             lane.queued = lane.queued.iter().filter_map(|&(s, id)| Some((map(s)?, id))).collect();
             lane.by_key = lane
                 .by_key
@@ -686,6 +738,11 @@ impl Releases {
     /// Whether nothing is scheduled.
     pub fn is_empty(&self) -> bool {
         self.heap.is_empty()
+    }
+
+    /// How many releases are scheduled.
+    pub fn len(&self) -> usize {
+        self.heap.len()
     }
 }
 

@@ -288,7 +288,10 @@ pub fn payload_key(data: &[u8]) -> String {
             "key".to_owned()
         }
         (Some(object), None) => {
-            assert!(!object.contains_key(field), "a JSON object's field `{field}` was not found");
+            assert!(
+                !object.contains_key(field),
+                "a JSON object's field `{field}` was not found"
+            );
             "no key".to_owned()
         }
         (None, Some(_)) => "span of non-JSON".to_owned(),

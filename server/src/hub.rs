@@ -98,7 +98,7 @@ struct Sub {
 
 #[derive(Default)]
 struct Held {
-    frames: Vec<(StreamId, Bytes)>,
+    frames: Vec<(StreamId, Bytes, Option<Key>)>,
     bytes: usize,
     /// Stream frames up to this id were dropped when the held ones outgrew
     /// the queue limit; the replay reads them from Redis instead.
@@ -202,18 +202,16 @@ impl Hub {
         let Some(sub) = channel.subs.iter_mut().find(|s| s.conn.id == conn_id) else {
             return;
         };
+        let mut due = Vec::new();
         if let Some(held) = sub.held.take() {
-            for (id, frame) in held.frames {
-                if after.is_none_or(|after| id > after) {
-                    sub.conn.send(frame);
-                }
-            }
+            // The lane opens first, so held frames obey the policy and rate,
+            // and a loss while held is announced before what followed it.
             if sub.how.needs_lane() && sub.lane.is_none() {
                 let lane = sub.conn.open_lane(LaneSpec {
                     channel: channel.name.clone(),
                     policy: sub.how.policy,
                     stream: channel.source == Source::Stream,
-                    after: after.unwrap_or(StreamId::ZERO).max(channel.cursor),
+                    after: after.unwrap_or(StreamId::ZERO),
                     min_interval: sub.how.min_interval,
                 });
                 sub.lane = Some(lane);
@@ -222,8 +220,27 @@ impl Hub {
                     sub.conn.note_lost(lane, held.lost);
                 }
             }
+            let now = Instant::now();
+            for (id, frame, key) in held.frames {
+                if after.is_some_and(|after| id <= after) {
+                    continue;
+                }
+                match sub.lane {
+                    None => sub.conn.send(frame),
+                    Some(lane) => {
+                        if let Some(Pushed::Throttled {
+                            due: at,
+                            schedule: true,
+                        }) = sub.conn.send_delivery(lane, Delivery { frame, id, key }, now)
+                        {
+                            due.push((at, sub.conn.clone(), lane));
+                        }
+                    }
+                }
+            }
         }
         sub.skip_through = after;
+        self.schedule(due);
     }
 
     /// What the frames held for `conn` on `name` will cost its queue when
@@ -299,7 +316,6 @@ impl Hub {
         let Some(channel) = self.channels.get_mut(name).filter(|c| matches!(c.phase, Phase::Live)) else {
             return;
         };
-        let now = Instant::now();
         let mut due = Vec::new();
         for entry in entries {
             // Ids at or before the cursor were delivered already (a re-read
@@ -316,7 +332,7 @@ impl Hub {
                 }
                 _ => None,
             };
-            due.extend(fan_out(&mut channel.subs, Source::Stream, entry.id, &frame, key, now));
+            due.extend(fan_out(&mut channel.subs, Source::Stream, entry.id, &frame, key));
         }
         self.schedule(due);
     }
@@ -336,14 +352,7 @@ impl Hub {
             }
             _ => None,
         };
-        let due = fan_out(
-            &mut channel.subs,
-            Source::Pubsub,
-            StreamId::ZERO,
-            &frame,
-            key,
-            Instant::now(),
-        );
+        let due = fan_out(&mut channel.subs, Source::Pubsub, StreamId::ZERO, &frame, key);
         self.schedule(due);
     }
 
@@ -379,6 +388,9 @@ impl Hub {
         }
         if self.throttled.is_empty() {
             self.throttled_conns.clear();
+        } else if self.throttled_conns.len() > 64 + 2 * self.throttled.len() {
+            // Connections that closed while idle are forgotten here.
+            self.throttled_conns.retain(|_, conn| conn.strong_count() > 0);
         }
         self.schedule(again);
     }
@@ -386,10 +398,19 @@ impl Hub {
     /// Drops `name`, telling each subscriber why with an error; returns the
     /// connections that held it.
     pub fn drop_channel(&mut self, name: &str) -> Vec<Rc<Conn>> {
-        match self.channels.remove(name) {
-            Some(channel) => channel.subs.into_iter().map(|s| s.conn).collect(),
-            None => Vec::new(),
-        }
+        let Some(channel) = self.channels.remove(name) else {
+            return Vec::new();
+        };
+        channel
+            .subs
+            .into_iter()
+            .map(|s| {
+                if let Some(lane) = s.lane {
+                    s.conn.close_lane(lane);
+                }
+                s.conn
+            })
+            .collect()
     }
 }
 
@@ -401,9 +422,10 @@ fn fan_out(
     id: StreamId,
     frame: &Bytes,
     key: Option<Key>,
-    now: Instant,
 ) -> Vec<(Instant, Rc<Conn>, LaneId)> {
     let mut due = Vec::new();
+    // Read once, and only when a lane needs it: `disconnect` fan-out has no use for it.
+    let mut now = None;
     for sub in subs.iter_mut() {
         match &mut sub.held {
             None => {
@@ -425,7 +447,9 @@ fn fan_out(
                         if let Some(Pushed::Throttled {
                             due: at,
                             schedule: true,
-                        }) = sub.conn.send_delivery(lane, delivery, now)
+                        }) = sub
+                            .conn
+                            .send_delivery(lane, delivery, *now.get_or_insert_with(Instant::now))
                         {
                             due.push((at, sub.conn.clone(), lane));
                         }
@@ -434,7 +458,7 @@ fn fan_out(
             }
             Some(held) if held.bytes + queue::cost(frame) <= sub.conn.queue_limit() => {
                 held.bytes += queue::cost(frame);
-                held.frames.push((id, frame.clone()));
+                held.frames.push((id, frame.clone(), key.clone()));
             }
             // Held frames outgrew the queue limit while a replay ran (its core
             // is catching up on a burst, say). A stream's can be read again from
@@ -611,6 +635,58 @@ mod tests {
         let queued = a.take_queued();
         assert_eq!(queued.len(), 1, "only the close frame");
         assert_eq!(&frame::body(&queued[0])[..2], &4008u16.to_be_bytes());
+    }
+
+    fn keyed(policy: SlowConsumer, min_interval: Option<Duration>) -> How {
+        How {
+            source: Source::Stream,
+            policy,
+            key: Some(Rc::from("sym")),
+            min_interval,
+        }
+    }
+
+    fn sym_entry(ms: u64, sym: &str) -> Entry {
+        Entry {
+            id: StreamId::new(ms, 0),
+            fields: vec![(Bytes::from_static(b"sym"), Bytes::from(sym.to_owned()))],
+        }
+    }
+
+    #[test]
+    fn a_conflate_subscriber_gets_the_newest_per_key_and_a_plain_one_everything() {
+        let mut hub = Hub::default();
+        let (plain, conflated) = (conn(1), conn(2));
+        // One namespace, one key; policies differ only to compare the two.
+        hub.join("s", &keyed(SlowConsumer::Disconnect, None), &plain);
+        hub.join("s", &keyed(SlowConsumer::Conflate, None), &conflated);
+        hub.set_live("s", StreamId::ZERO);
+        hub.release("s", 1, Some(StreamId::ZERO));
+        hub.release("s", 2, Some(StreamId::ZERO));
+        let entries = [sym_entry(1, "a"), sym_entry(2, "b"), sym_entry(3, "a")];
+        hub.deliver_stream("s", &entries, &mut FrameBuilder::new());
+        assert_eq!(sent_ids(&plain), [1, 2, 3]);
+        assert_eq!(
+            sent_ids(&conflated),
+            [2, 3],
+            "a's older value was replaced while queued"
+        );
+    }
+
+    #[test]
+    fn frames_held_during_setup_obey_the_policy_and_rate() {
+        let mut hub = Hub::default();
+        let a = conn(1);
+        hub.join("s", &keyed(SlowConsumer::Conflate, Some(Duration::from_secs(60))), &a);
+        hub.set_live("s", StreamId::ZERO);
+        let entries = [sym_entry(1, "a"), sym_entry(2, "a"), sym_entry(3, "a")];
+        hub.deliver_stream("s", &entries, &mut FrameBuilder::new());
+        hub.release("s", 1, Some(StreamId::ZERO));
+        assert_eq!(sent_ids(&a), [1], "one now, the rest waits for the rate");
+        assert!(hub.next_release().is_some(), "the newest is scheduled");
+        let dropped = hub.drop_channel("s");
+        assert_eq!(dropped.len(), 1);
+        assert!(a.take_queued().is_empty(), "a dropped channel's lane is closed");
     }
 
     #[test]

@@ -289,9 +289,96 @@ fn closing_a_lane_returns_what_its_throttle_held() {
     q.push_delivery(a, delivery("a", 1, Some("k"), 100), t0).unwrap();
     q.push_delivery(a, delivery("a", 2, Some("k"), 100), t0).unwrap();
     drain(&mut q);
-    assert!(q.bytes() > 0, "the held one counts");
+    assert!(q.throttled_bytes() > 0, "the held one counts");
     q.close_lane(a);
+    assert_eq!((q.bytes(), q.throttled_bytes()), (0, 0));
+}
+
+#[test]
+fn closing_a_lane_with_a_hole_drops_what_it_queued_after_the_hole() {
+    let now = Instant::now();
+    let mut q = OutQueue::new(3 * (200 + FRAME_OVERHEAD) + GAP_COST);
+    let a = q.open_lane(spec("a", SlowConsumer::DropOldest));
+    for n in 1..=6 {
+        q.push_delivery(a, delivery("a", n, None, 200), now).unwrap();
+    }
+    q.close_lane(a);
+    q.push(frame::text(b"{}")).unwrap();
+    assert_eq!(drain(&mut q), [Seen::Other], "no delivery after an unannounced hole");
     assert_eq!(q.bytes(), 0);
+}
+
+#[test]
+fn a_throttle_loss_is_announced_after_what_the_lane_had_queued() {
+    let t0 = Instant::now();
+    let interval = Duration::from_millis(10);
+    // Room for 4 frames; throttled lanes may hold half of it: two.
+    let mut q = OutQueue::new(4 * (200 + FRAME_OVERHEAD));
+    let a = q.open_lane(LaneSpec {
+        min_interval: Some(interval),
+        ..spec("a", SlowConsumer::Disconnect)
+    });
+    q.push_delivery(a, delivery("a", 1, None, 200), t0).unwrap();
+    for (n, key) in [(2, "x"), (3, "y"), (4, "z")] {
+        q.push_delivery(a, delivery("a", n, Some(key), 200), t0).unwrap();
+    }
+    // 2 was lost to the throttle's budget; 3 is released, then 4.
+    q.release_due(a, t0 + interval).unwrap();
+    q.release_due(a, t0 + interval * 2).unwrap();
+    assert_eq!(
+        drain(&mut q),
+        [
+            Seen::Delivery {
+                ch: "a".into(),
+                id: 1,
+                key: String::new()
+            },
+            Seen::Gap {
+                ch: "a".into(),
+                after: Some(1),
+                dropped: None
+            },
+            Seen::Delivery {
+                ch: "a".into(),
+                id: 3,
+                key: "y".into()
+            },
+            Seen::Delivery {
+                ch: "a".into(),
+                id: 4,
+                key: "z".into()
+            },
+        ]
+    );
+    assert_eq!(q.take_counts().dropped, 1, "counted once");
+}
+
+#[test]
+fn what_throttled_lanes_hold_is_bounded_for_the_connection_not_per_lane() {
+    let t0 = Instant::now();
+    let limit = 20 * (200 + FRAME_OVERHEAD);
+    let mut q = OutQueue::new(limit);
+    let lanes: Vec<LaneId> = (0..4)
+        .map(|i| {
+            q.open_lane(LaneSpec {
+                min_interval: Some(Duration::from_secs(60)),
+                ..spec(&format!("c{i}"), SlowConsumer::Conflate)
+            })
+        })
+        .collect();
+    for n in 1..=100 {
+        for &lane in &lanes {
+            q.push_delivery(lane, delivery("c", n, Some(&format!("k{n}")), 200), t0)
+                .unwrap();
+        }
+        assert!(
+            q.throttled_bytes() <= limit / 2,
+            "{} over {}",
+            q.throttled_bytes(),
+            limit / 2
+        );
+    }
+    q.push(frame::text(b"reply")).unwrap();
 }
 
 /// One step of a connection's life, for the property tests.
