@@ -15,6 +15,7 @@
 //! - [`queue`]: a connection's bounded outbound queue and its slow-consumer policies.
 //! - [`rate`]: a connection's op rate limit.
 //! - [`replay`]: the arithmetic of `recovered` for replays.
+//! - [`retention`]: whether trimming removed entries a live read never saw.
 //! - [`config`]: the configuration file's types and checks.
 
 pub mod channel;
@@ -32,6 +33,7 @@ pub mod queue;
 pub mod rate;
 pub mod replay;
 pub mod resp;
+pub mod retention;
 pub mod stream_id;
 
 pub use error::ErrorCode;

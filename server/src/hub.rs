@@ -412,6 +412,53 @@ impl Hub {
             })
             .collect()
     }
+
+    /// Tells the subscribers of stream `name` that entries with ids between
+    /// `after` (the channel's cursor, the last id delivered) and `before` (the
+    /// next id to be delivered) were removed by retention before the core read
+    /// them: `dropped` of them, where known (PROTOCOL.md section 6). Call it
+    /// just before delivering `before`, with no await in between, so the gap
+    /// frame is in order with the channel's deliveries for everyone who holds
+    /// it. Does nothing when the channel's cursor is no longer `after` (it
+    /// was set up again meanwhile: the next read decides afresh).
+    pub fn announce_gap(&mut self, name: &str, after: StreamId, before: StreamId, dropped: Option<u64>) {
+        use feedgate_core::{envelope, frame};
+        let Some(channel) = self
+            .channels
+            .get_mut(name)
+            .filter(|c| matches!(c.phase, Phase::Live) && c.cursor == after)
+        else {
+            return;
+        };
+        let gap = frame::text(&envelope::gap(name, Some(after), dropped));
+        // The smallest id after `after`: a held frame goes out on release only
+        // if its id is past the end of the client's history.
+        let first_missing = match after.seq.checked_add(1) {
+            Some(seq) => StreamId::new(after.ms, seq),
+            None => StreamId::new(after.ms.saturating_add(1), 0),
+        };
+        for sub in &mut channel.subs {
+            match (&mut sub.held, sub.skip_through) {
+                // Held while its replay runs: the gap waits in place among the
+                // held frames. A replay that ends at or before `after` leaves
+                // the hole to live delivery, and the gap goes out with the
+                // frames after it; one that read past `after` read the hole
+                // from Redis itself, and the gap is not sent.
+                (Some(held), _) => {
+                    held.bytes += queue::cost(&gap);
+                    held.frames.push((first_missing, gap.clone()));
+                }
+                // Its history already covers the whole hole.
+                (None, Some(through)) if through >= before => {}
+                // Its history ends inside the hole: the gap starts there, and
+                // how much of the hole it missed is not known.
+                (None, Some(through)) if through > after => {
+                    sub.conn.send_json(&envelope::gap(name, Some(through), None));
+                }
+                (None, _) => sub.conn.send(gap.clone()),
+            }
+        }
+    }
 }
 
 /// Queues `frame` for every subscriber; returns the throttled lanes that now
@@ -772,5 +819,58 @@ mod tests {
         assert_eq!(held, [2, 1]);
         assert!(!hub.is_live("s"));
         assert!(hub.drop_channel("s").is_empty());
+    }
+
+    /// What `conn` was sent, in order: delivery ids (ms) and gaps.
+    fn sent(conn: &Conn) -> Vec<String> {
+        conn.take_queued()
+            .iter()
+            .map(|f| {
+                let body: serde_json::Value = serde_json::from_slice(frame::body(f)).unwrap();
+                match body["type"].as_str() {
+                    Some("gap") => format!("gap after {} dropped {}", body["after"], body["dropped"]),
+                    _ => body["id"].as_str().unwrap().split('-').next().unwrap().to_owned(),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_gap_goes_out_in_order_with_the_deliveries_held_or_not() {
+        let mut hub = Hub::default();
+        let (live, held, past, inside, caught_up) = (conn(1), conn(2), conn(3), conn(4), conn(5));
+        hub.join("s", Source::Stream, &live);
+        hub.set_live("s", StreamId::ZERO);
+        hub.release("s", 1, Some(StreamId::ZERO));
+        deliver(&mut hub, &[1, 2]);
+        // Joined at 2, their replays still running.
+        for c in [&held, &caught_up] {
+            hub.join("s", Source::Stream, c);
+        }
+        // Joined at 2 with `since` ahead of the core: history sent through 7
+        // (past the hole) or through 3 (inside it).
+        for (c, through) in [(&past, 7), (&inside, 3)] {
+            hub.join("s", Source::Stream, c);
+            hub.release("s", c.id, Some(StreamId::new(through, 0)));
+        }
+        assert_eq!(sent(&live), ["1", "2"]);
+        // Stale (the cursor is 2, not 1), or no such channel: nothing.
+        hub.announce_gap("s", StreamId::new(1, 0), StreamId::new(5, 0), Some(2));
+        hub.announce_gap("nothing", StreamId::new(2, 0), StreamId::new(5, 0), Some(2));
+        assert!(sent(&live).is_empty());
+        assert_eq!(hub.held_bytes("s", 2), 0);
+        // 3 and 4 were trimmed before the core read them.
+        hub.announce_gap("s", StreamId::new(2, 0), StreamId::new(5, 0), Some(2));
+        deliver(&mut hub, &[5, 6]);
+        assert_eq!(sent(&live), ["gap after \"2-0\" dropped 2", "5", "6"]);
+        assert!(hub.held_bytes("s", 2) > 0, "the gap is charged while held");
+        // History through 2 (the hub's cursor when it joined): the gap stays.
+        hub.release("s", 2, Some(StreamId::new(2, 0)));
+        assert_eq!(sent(&held), ["gap after \"2-0\" dropped 2", "5", "6"]);
+        // A replay that read past 2 from Redis saw the hole itself.
+        hub.release("s", 5, Some(StreamId::new(5, 0)));
+        assert_eq!(sent(&caught_up), ["6"]);
+        assert!(sent(&past).is_empty(), "its history covers the hole, and 5, 6");
+        assert_eq!(sent(&inside), ["gap after \"3-0\" dropped null", "5", "6"]);
     }
 }

@@ -17,6 +17,7 @@ use feedgate_core::error::ProtocolError;
 use feedgate_core::op::Start;
 use feedgate_core::replay::{nothing_dropped_after, nothing_trimmed_after, StreamInfo};
 use feedgate_core::resp::{self, Entry, Reply, ReplyError};
+use feedgate_core::retention::Tally;
 use feedgate_core::{ErrorCode, StreamId};
 
 use crate::conn::{close_code, Conn, SLOW_CONSUMER_REASON};
@@ -238,8 +239,13 @@ async fn subscribe_stream(
 ) -> Result<(), ProtocolError> {
     let key = core.settings.key_of(name);
     let setup = async {
-        let cursor = last_id(core, &key).await?;
+        let (cursor, tally) = live_start(core, &key).await?;
         core.hub.borrow_mut().set_live(name, cursor);
+        // With no await between, so the reader never sees the channel live
+        // without its tally.
+        if let Some(tally) = tally.filter(|_| core.hub.borrow().is_live(name)) {
+            core.redis.tallies.borrow_mut().insert(name.clone(), tally);
+        }
         redis::wake_reader(core);
         Ok(())
     };
@@ -295,13 +301,32 @@ pub(crate) async fn reply(
     }
 }
 
-/// The id of the newest entry of `key`, `0-0` when it is empty or missing.
-async fn last_id(core: &Core, key: &[u8]) -> Result<StreamId, ProtocolError> {
-    let reply = reply(pool(core)?.call(&[b"XREVRANGE", key, b"+", b"-", b"COUNT", b"1"])).await?;
-    Ok(resp::entries(reply)
+/// Where a stream channel going live starts: the id of the newest entry of
+/// `key` (`0-0` when it is empty or missing), and how many entries the stream
+/// was given up to there, which sizes the gap should retention ever overtake
+/// the reader. Read atomically (MULTI/EXEC), so no entry comes between.
+async fn live_start(core: &Core, key: &[u8]) -> Result<(StreamId, Option<Tally>), ProtocolError> {
+    let link = pool(core)?;
+    // Queued back to back in one synchronous step, like `read_page`.
+    let multi = link.call(&[b"MULTI"]);
+    let newest = link.call(&[b"XREVRANGE", key, b"+", b"-", b"COUNT", b"1"]);
+    let info = link.call(&[b"XINFO", b"STREAM", key]);
+    let exec = link.call(&[b"EXEC"]);
+    resp::expect_ok(&reply(multi).await?).map_err(bad_reply)?;
+    let _queued = (reply(newest).await?, reply(info).await?);
+    let Reply::Array { data, .. } = reply(exec).await? else {
+        return Err(bad_reply(ReplyError::Shape("EXEC reply")));
+    };
+    let [newest, info]: [Reply; 2] = data
+        .try_into()
+        .map_err(|_| bad_reply(ReplyError::Shape("EXEC reply")))?;
+    let cursor = resp::entries(newest)
         .map_err(bad_reply)?
         .first()
-        .map_or(StreamId::ZERO, |e| e.id))
+        .map_or(StreamId::ZERO, |e| e.id);
+    // XINFO fails on a missing key (XREVRANGE has refused any other type).
+    let info = resp::stream_info(info).ok();
+    Ok((cursor, Tally::at_start(info.as_ref(), cursor)))
 }
 
 /// `last: n`: the newest `n` entries up to `until`, then live. Returns the id
@@ -415,13 +440,11 @@ async fn replay_pages(
                 subscribed(conn, name, req, since, answer);
                 recovered = Some(answer);
             }
-            // Trimming overtook the replay after `subscribed` promised more: say
-            // so and drop the subscription rather than skip ids silently.
-            (Some(true), _) if !info.is_some_and(|info| nothing_trimmed_after(&info, after)) => {
-                return Err(ProtocolError::new(
-                    ErrorCode::Internal,
-                    format!("replay of {name} was overtaken by stream trimming after {after}; subscribe again with since {after}"),
-                ));
+            // Trimming overtook the replay: entries after `after`, the last id
+            // sent, are gone. Announce the gap before this page's entries
+            // (PROTOCOL.md section 6) and go on; how many is not known.
+            (Some(_), _) if !info.is_some_and(|info| nothing_trimmed_after(&info, after)) => {
+                conn.send_json(&envelope::gap(name, Some(after), None));
             }
             _ => {}
         }

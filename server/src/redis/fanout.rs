@@ -12,6 +12,7 @@ use std::task::Poll;
 
 use bytes::Bytes;
 use feedgate_core::resp::Entry;
+use feedgate_core::StreamId;
 
 use crate::core::Core;
 
@@ -21,14 +22,33 @@ pub const SLICE_ENTRIES: usize = 128;
 /// a turn: a small share of any sane outbound queue (default 8 MiB).
 pub const SLICE_BYTES: usize = 32 * 1024;
 
-/// Fans out `streams` (an XREAD reply) slice by slice.
-pub async fn deliver_sliced(core: &Rc<Core>, streams: Vec<(Bytes, Vec<Entry>)>) {
+/// One stream's share of an XREAD reply.
+pub struct Batch {
+    pub key: Bytes,
+    pub entries: Vec<Entry>,
+    /// Retention removed entries between the cursor the read started after
+    /// and the first of `entries`: announced just before it.
+    pub gap: Option<Gap>,
+}
+
+/// Entries trimmed before the core read them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gap {
+    /// The channel's cursor when it was read: the last id delivered.
+    pub after: StreamId,
+    /// How many, where known exactly.
+    pub dropped: Option<u64>,
+}
+
+/// Fans out `batches` (an XREAD reply) slice by slice.
+pub async fn deliver_sliced(core: &Rc<Core>, batches: Vec<Batch>) {
     let mut first = true;
-    for (key, entries) in &streams {
-        let Some(name) = core.settings.channel_of(key) else {
+    for batch in &batches {
+        let Some(name) = core.settings.channel_of(&batch.key) else {
             continue;
         };
-        let mut rest = &entries[..];
+        let mut gap = batch.gap;
+        let mut rest = &batch.entries[..];
         while !rest.is_empty() {
             if !first {
                 pass_turn().await;
@@ -38,7 +58,13 @@ pub async fn deliver_sliced(core: &Rc<Core>, streams: Vec<(Bytes, Vec<Entry>)>) 
             // The channel may have been dropped or left between slices: the
             // hub then ignores the entries; its cursor skips repeats.
             let mut frames = core.frames.borrow_mut();
-            core.hub.borrow_mut().deliver_stream(name, slice, &mut frames);
+            let mut hub = core.hub.borrow_mut();
+            // In the same step as the first delivery after the hole, so that
+            // no subscriber joins or is released in between.
+            if let Some(gap) = gap.take() {
+                hub.announce_gap(name, gap.after, slice[0].id, gap.dropped);
+            }
+            hub.deliver_stream(name, slice, &mut frames);
             rest = tail;
         }
     }

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::rc::Rc;
 
+use feedgate_core::retention::Tally;
+
 use crate::core::Core;
 use crate::redis::conn::RespConn;
 use crate::redis::{pubsub, streams, supervisor};
@@ -61,6 +63,11 @@ pub struct Links {
     /// Why Redis refused the SUBSCRIBE of a channel being set up; taken by the
     /// subscribe that waits for it.
     pub refusals: RefCell<HashMap<Rc<str>, String>>,
+    /// Per live stream channel, how many entries its stream was ever given up
+    /// to the cursor: set when the channel goes live, kept by the stream
+    /// reader (across reconnects), and what sizes a gap when retention
+    /// overtakes the reader.
+    pub tallies: RefCell<HashMap<Rc<str>, Tally>>,
 }
 
 impl Links {

@@ -1,17 +1,22 @@
 //! The core's stream reader: one connection in XREAD BLOCK over every stream
 //! its clients want, each from the last id the core has delivered. After a
 //! reconnect it resumes from those ids, so no entry is lost across a Redis
-//! restart.
+//! restart. Entries that retention trimmed before the reader got to them,
+//! connected or not, are announced as a gap (`check_retention`).
 
+use std::collections::HashSet;
 use std::rc::Rc;
 use std::time::Duration;
 
-use feedgate_core::replay::nothing_trimmed_after;
-use feedgate_core::{envelope, resp, ErrorCode};
+use bytes::Bytes;
+use feedgate_core::replay::StreamInfo;
+use feedgate_core::resp::{Entry, ReplyError};
+use feedgate_core::retention::{self, Hole, Tally};
+use feedgate_core::{envelope, resp, ErrorCode, StreamId};
 
 use crate::core::Core;
 use crate::redis::conn::{ConnOptions, LinkError, RespConn};
-use crate::redis::fanout::deliver_sliced;
+use crate::redis::fanout::{deliver_sliced, Batch, Gap};
 use crate::redis::links::{Link, LINK_BOUND};
 use crate::redis::supervisor::supervise;
 
@@ -21,6 +26,11 @@ const READ_COUNT: &[u8] = b"512";
 /// Longest XREAD BLOCK: the reader re-issues its read at least this often, a
 /// safety net for a new channel whose unblock raced with the read.
 const BLOCK_MS: &[u8] = b"2000";
+/// Up to this many live streams, the reader sends the witness of retention
+/// for all of them with every read that may wait; past it, it asks for the
+/// streams that need it once their entries are in (`read_loop`). About where
+/// the two cost the same, measured: results/retention-gaps-2026-12-02.md.
+const PIPELINED_WITNESS_KEYS: usize = 16;
 /// An XREAD may take its BLOCK plus the link bound with nothing heard before
 /// the link is taken down (a Redis that keeps the socket open but stops
 /// answering would otherwise stall delivery silently).
@@ -53,34 +63,87 @@ async fn session(core: Rc<Core>, conn: Rc<RespConn>) {
         }
     };
     core.redis.reader_id.set(Some(id));
-    drop_trimmed_past_cursor(&core, &conn).await;
     let result = read_loop(&core, &conn).await;
     tracing::warn!(reason = %result, "redis stream reader stopped");
     core.redis.reader_id.set(None);
 }
 
 async fn read_loop(core: &Rc<Core>, conn: &Rc<RespConn>) -> LinkError {
+    // Streams the last read found more than one entry in: the reader is
+    // behind on them, and the next read will not wait.
+    let mut behind: HashSet<Bytes> = HashSet::new();
     loop {
         let cursors = core.hub.borrow().stream_cursors();
         core.redis.reader_gen.set(core.redis.streams_gen.get());
         if cursors.is_empty() {
+            core.redis.tallies.borrow_mut().clear();
             monoio::select! {
                 _ = core.redis.streams_changed.wait() => continue,
                 _ = conn.closed() => return LinkError::Down,
             }
         }
+        forget_tallies_of_gone_channels(core, cursors.len());
         let keys: Vec<Vec<u8>> = cursors.iter().map(|(name, _)| core.settings.key_of(name)).collect();
-        let ids: Vec<String> = cursors.iter().map(|(_, id)| id.to_string()).collect();
+        // The witness of retention, in the read itself: a stream the reader is
+        // behind on is read from just before its cursor, so the cursor's own
+        // entry comes first if it is still there, which proves that nothing
+        // after it was trimmed (trimming takes the oldest entries first). One
+        // entry more in a reply that has many; no command more. Not for the
+        // others: a read from before a retained entry never blocks.
+        let from: Vec<Option<StreamId>> = cursors
+            .iter()
+            .zip(&keys)
+            .map(|((_, cursor), key)| {
+                behind
+                    .contains(key.as_slice())
+                    .then(|| retention::before(*cursor))
+                    .flatten()
+            })
+            .collect();
+        let ids: Vec<String> = cursors
+            .iter()
+            .zip(&from)
+            .map(|((_, cursor), from)| from.unwrap_or(*cursor).to_string())
+            .collect();
         let mut args: Vec<&[u8]> = vec![b"XREAD", b"COUNT", READ_COUNT, b"BLOCK", BLOCK_MS, b"STREAMS"];
         args.extend(keys.iter().map(Vec::as_slice));
         args.extend(ids.iter().map(String::as_bytes));
         // The connection's watchdog bounds this wait (READ_BOUND).
-        let reply = match conn.call(&args).await {
+        let read = conn.call(&args);
+        // A read that may wait for its entries (caught up on every stream)
+        // carries no witness: with few streams, the witness (each stream's
+        // first entry, `read_witness`) goes right behind it. Redis runs it as
+        // soon as the XREAD answers and both replies come back in one write,
+        // no round trip. Its cost grows with the streams it names; with more,
+        // `check_retention` asks afterwards, for the streams that need it.
+        let witness = (from.iter().all(Option::is_none) && keys.len() <= PIPELINED_WITNESS_KEYS).then(|| {
+            let all: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+            read_witness(conn, &all)
+        });
+        let reply = match read.await {
             Ok(reply) => reply,
             Err(e) => return e,
         };
+        let witness = match witness {
+            Some(witness) => match witness.await {
+                Ok(reply) => Some(reply),
+                Err(e) => return e,
+            },
+            None => None,
+        };
         match resp::xread(reply) {
-            Ok(streams) => deliver_sliced(core, streams).await,
+            Ok(streams) => match check_retention(core, conn, &cursors, &keys, &from, streams, witness).await {
+                Ok((batches, counts)) => {
+                    behind = batches
+                        .iter()
+                        .zip(counts)
+                        .filter(|(_, read)| *read > 1)
+                        .map(|(b, _)| b.key.clone())
+                        .collect();
+                    deliver_sliced(core, batches).await
+                }
+                Err(e) => return e,
+            },
             Err(e) => {
                 // One bad key (not a stream) fails the whole XREAD: find it and
                 // drop its channel so the others keep flowing.
@@ -90,6 +153,221 @@ async fn read_loop(core: &Rc<Core>, conn: &Rc<RespConn>) -> LinkError {
             }
         }
     }
+}
+
+/// Drops the tallies of channels that are no longer live. Every live stream
+/// channel gets one when it goes live, so there are stale ones only when
+/// there are more tallies than live channels.
+fn forget_tallies_of_gone_channels(core: &Core, live: usize) {
+    let mut tallies = core.redis.tallies.borrow_mut();
+    if tallies.len() > live {
+        let hub = core.hub.borrow();
+        tallies.retain(|name, _| hub.is_live(name));
+    }
+}
+
+/// Turns an XREAD reply into batches for the hub, with the gaps retention
+/// left before them (PROTOCOL.md section 6), and moves the channels' tallies
+/// on past what they deliver. Also returns how many new entries the read
+/// found in each batch's stream.
+///
+/// Hot path. A stream is delivered as read when nothing can lie between its
+/// cursor and its first entry read (the next id in the same millisecond), or
+/// when an entry at or before its cursor was still in Redis at or after the
+/// read (`retention::witnessed`): trimming has not caught up with the reader,
+/// which is the normal case. That entry is the cursor's own for a stream
+/// read from just before it (`from`, by index in `keys`), else the stream's
+/// first entry: in `witness` when it was read with the XREAD, or read now
+/// for the streams that need it. Streams that none of this clears are read
+/// again with XINFO STREAM in one MULTI (one more round trip): their entries
+/// from the first read are dropped, so the gap is decided on exactly the
+/// entries delivered.
+async fn check_retention(
+    core: &Core,
+    conn: &RespConn,
+    cursors: &[(Rc<str>, StreamId)],
+    keys: &[Vec<u8>],
+    from: &[Option<StreamId>],
+    streams: Vec<(Bytes, Vec<Entry>)>,
+    witness: Option<resp::Reply>,
+) -> Result<(Vec<Batch>, Vec<usize>), LinkError> {
+    // Each batch with the index of its channel in `cursors`, and the XINFO
+    // read with its entries when they were read again.
+    let mut read: Vec<(Batch, usize, Option<StreamInfo>)> = Vec::with_capacity(streams.len());
+    // Indices into `read` of the batches not cleared yet.
+    let mut unproven = Vec::new();
+    let mut at = 0;
+    for (key, mut entries) in streams {
+        let Some(i) = find_key(keys, &key, &mut at) else {
+            continue;
+        };
+        let cursor = cursors[i].1;
+        let Some(first) = entries.first() else { continue };
+        let proven = if from[i].is_some() {
+            // Read from just before the cursor: its own entry, already
+            // delivered, first if it is still there.
+            let kept = first.id == cursor;
+            if kept {
+                entries.remove(0);
+            }
+            kept
+        } else {
+            retention::follows(cursor, first.id)
+        };
+        if entries.is_empty() {
+            continue;
+        }
+        if !proven {
+            unproven.push(read.len());
+        }
+        read.push((
+            Batch {
+                key,
+                entries,
+                gap: None,
+            },
+            i,
+            None,
+        ));
+    }
+    // A witness that failed proves nothing: those streams are read again.
+    let witness = match witness {
+        Some(witness) => Some(witness),
+        None if unproven.is_empty() => None,
+        None => {
+            let keys: Vec<&[u8]> = unproven.iter().map(|&r| read[r].0.key.as_ref()).collect();
+            Some(read_witness(conn, &keys).await?)
+        }
+    };
+    let firsts = witness.map(|w| resp::xread(w).unwrap_or_default()).unwrap_or_default();
+    let mut first_at = 0;
+    let again: Vec<usize> = unproven
+        .into_iter()
+        .filter(|&r| {
+            let (batch, i, _) = &read[r];
+            let first = find_stream(&firsts, &batch.key, &mut first_at).and_then(|s| firsts[s].1.first());
+            !retention::witnessed(first.map(|e| e.id), cursors[*i].1)
+        })
+        .collect();
+    if !again.is_empty() {
+        let channels: Vec<usize> = again.iter().map(|&r| read[r].1).collect();
+        let (mut streams, infos) = read_exactly(conn, cursors, keys, &channels).await?;
+        let mut at = 0;
+        for (&r, info) in again.iter().zip(infos) {
+            let (batch, i, read_info) = &mut read[r];
+            let (name, cursor) = &cursors[*i];
+            let entries = find_stream(&streams, &batch.key, &mut at).map(|s| std::mem::take(&mut streams[s].1));
+            let hole = match &info {
+                Some(info) => retention::hole_after(info, *cursor, core.redis.tallies.borrow().get(name)),
+                // XINFO failed: the key is gone, or no longer a stream.
+                None => Hole::Gap { dropped: None },
+            };
+            batch.entries = entries.unwrap_or_default();
+            if let (Hole::Gap { dropped }, false) = (hole, batch.entries.is_empty()) {
+                tracing::debug!(channel = %name, after = %cursor, ?dropped, "retention overtook the stream reader");
+                batch.gap = Some(Gap {
+                    after: *cursor,
+                    dropped,
+                });
+            }
+            *read_info = info;
+        }
+        // A stream emptied meanwhile delivers nothing yet: the read after
+        // its next entry decides.
+        read.retain(|(batch, _, _)| !batch.entries.is_empty());
+    }
+    count_on(core, cursors, &read);
+    let counts = read.iter().map(|(batch, _, _)| batch.entries.len()).collect();
+    Ok((read.into_iter().map(|(batch, _, _)| batch).collect(), counts))
+}
+
+/// Moves the tally of each channel in `read` to the last id it delivers.
+fn count_on(core: &Core, cursors: &[(Rc<str>, StreamId)], read: &[(Batch, usize, Option<StreamInfo>)]) {
+    let mut tallies = core.redis.tallies.borrow_mut();
+    for (batch, i, info) in read {
+        let Some(last) = batch.entries.last() else { continue };
+        let (name, cursor) = &cursors[*i];
+        let tally = match tallies.get(name) {
+            // Made for another cursor: the channel was set up again while
+            // the read was out, and the tally is the new one's.
+            Some(t) if t.cursor != *cursor => continue,
+            tally => tally.copied(),
+        };
+        let hole = batch.gap.map_or(Hole::None, |g| Hole::Gap { dropped: g.dropped });
+        let delivered = batch.entries.len() as u64;
+        match Tally::after(tally, info.as_ref(), hole, delivered, last.id) {
+            Some(t) => tallies.insert(name.clone(), t),
+            None => tallies.remove(name),
+        };
+    }
+}
+
+/// Sends `XREAD COUNT 1 STREAMS <keys> 0 ...`: each stream's first entry.
+fn read_witness(
+    conn: &RespConn,
+    keys: &[&[u8]],
+) -> impl std::future::Future<Output = Result<resp::Reply, LinkError>> + 'static {
+    let mut args: Vec<&[u8]> = vec![b"XREAD", b"COUNT", b"1", b"STREAMS"];
+    args.extend_from_slice(keys);
+    args.extend(std::iter::repeat_n(&b"0"[..], keys.len()));
+    conn.call(&args)
+}
+
+/// Reads the entries after the cursors of `channels` (indices into
+/// `cursors`) with each stream's XINFO STREAM, atomically (MULTI/EXEC): the
+/// counts then describe exactly the entries read. A failed XINFO (no such
+/// key) gives `None`.
+async fn read_exactly(
+    conn: &RespConn,
+    cursors: &[(Rc<str>, StreamId)],
+    keys: &[Vec<u8>],
+    channels: &[usize],
+) -> Result<(Vec<(Bytes, Vec<Entry>)>, Vec<Option<StreamInfo>>), LinkError> {
+    let ids: Vec<String> = channels.iter().map(|&i| cursors[i].1.to_string()).collect();
+    let mut args: Vec<&[u8]> = vec![b"XREAD", b"COUNT", READ_COUNT, b"STREAMS"];
+    args.extend(channels.iter().map(|&i| keys[i].as_slice()));
+    args.extend(ids.iter().map(String::as_bytes));
+    // Queued back to back in one synchronous step, so nothing else on the
+    // connection comes between them.
+    let multi = conn.call(&[b"MULTI"]);
+    let xread = conn.call(&args);
+    let infos: Vec<_> = channels
+        .iter()
+        .map(|&i| conn.call(&[b"XINFO", b"STREAM", &keys[i]]))
+        .collect();
+    let exec = conn.call(&[b"EXEC"]);
+    resp::expect_ok(&multi.await?)?;
+    xread.await?;
+    for info in infos {
+        info.await?;
+    }
+    let resp::Reply::Array { data, .. } = exec.await? else {
+        return Err(ReplyError::Shape("EXEC reply").into());
+    };
+    let mut replies = data.into_iter();
+    let streams = resp::xread(replies.next().ok_or(ReplyError::Shape("EXEC reply"))?)?;
+    let infos: Vec<Option<StreamInfo>> = replies.map(|r| resp::stream_info(r).ok()).collect();
+    if infos.len() != channels.len() {
+        return Err(ReplyError::Shape("EXEC reply").into());
+    }
+    Ok((streams, infos))
+}
+
+/// Where `key` is in `keys`, looking from `*at` on (replies list keys in the
+/// order they were asked for, so this is one step each in the common case).
+fn find_key(keys: &[Vec<u8>], key: &[u8], at: &mut usize) -> Option<usize> {
+    let n = keys.len();
+    let i = (0..n).map(|k| (*at + k) % n).find(|&i| keys[i] == key)?;
+    *at = i + 1;
+    Some(i)
+}
+
+/// Where stream `key` is in an XREAD reply, looking from `*at` on.
+fn find_stream(streams: &[(Bytes, Vec<Entry>)], key: &[u8], at: &mut usize) -> Option<usize> {
+    let n = streams.len();
+    let i = (0..n).map(|k| (*at + k) % n).find(|&i| streams[i].0 == key)?;
+    *at = i + 1;
+    Some(i)
 }
 
 async fn drop_non_streams(core: &Rc<Core>) {
@@ -112,26 +390,6 @@ async fn drop_non_streams(core: &Rc<Core>) {
             String::from_utf8_lossy(&kind)
         );
         drop_channel(core, &name, &message);
-    }
-}
-
-/// After a reconnect: a stream trimmed past the core's cursor while Redis was
-/// out of reach lost entries no client here has seen. Its subscribers are told,
-/// with the id to resume from, instead of having ids skipped silently.
-async fn drop_trimmed_past_cursor(core: &Rc<Core>, conn: &RespConn) {
-    let cursors = core.hub.borrow().stream_cursors();
-    for (name, cursor) in cursors {
-        let key = core.settings.key_of(&name);
-        let Ok(reply) = conn.call(&[b"XINFO", b"STREAM", &key]).await else {
-            return;
-        };
-        let Ok(info) = resp::stream_info(reply) else { continue };
-        if !nothing_trimmed_after(&info, cursor) {
-            let message = format!(
-                "channel {name} dropped: entries after {cursor} were trimmed before they could be delivered; subscribe again with since {cursor}"
-            );
-            drop_channel(core, &name, &message);
-        }
     }
 }
 
