@@ -98,7 +98,7 @@ struct Sub {
 
 #[derive(Default)]
 struct Held {
-    frames: Vec<(StreamId, Bytes, Option<Key>)>,
+    frames: Vec<HeldFrame>,
     bytes: usize,
     /// Stream frames up to this id were dropped when the held ones outgrew
     /// the queue limit; the replay reads them from Redis instead.
@@ -106,6 +106,15 @@ struct Held {
     /// Pub/sub frames of a `drop_oldest` or `conflate` channel dropped while
     /// held: announced with a gap once released.
     lost: u64,
+}
+
+/// A live frame held back while its subscription is set up.
+struct HeldFrame {
+    id: StreamId,
+    frame: Bytes,
+    key: Option<Key>,
+    /// A retention `gap`, not a delivery.
+    gap: bool,
 }
 
 /// What joining a channel found.
@@ -221,11 +230,13 @@ impl Hub {
                 }
             }
             let now = Instant::now();
-            for (id, frame, key) in held.frames {
+            for HeldFrame { id, frame, key, gap } in held.frames {
                 if after.is_some_and(|after| id <= after) {
                     continue;
                 }
                 match sub.lane {
+                    // A retention gap is not a delivery: no policy applies to it.
+                    _ if gap => sub.conn.send(frame),
                     None => sub.conn.send(frame),
                     Some(lane) => {
                         if let Some(Pushed::Throttled {
@@ -446,7 +457,12 @@ impl Hub {
                 // from Redis itself, and the gap is not sent.
                 (Some(held), _) => {
                     held.bytes += queue::cost(&gap);
-                    held.frames.push((first_missing, gap.clone()));
+                    held.frames.push(HeldFrame {
+                        id: first_missing,
+                        frame: gap.clone(),
+                        key: None,
+                        gap: true,
+                    });
                 }
                 // Its history already covers the whole hole.
                 (None, Some(through)) if through >= before => {}
@@ -505,7 +521,12 @@ fn fan_out(
             }
             Some(held) if held.bytes + queue::cost(frame) <= sub.conn.queue_limit() => {
                 held.bytes += queue::cost(frame);
-                held.frames.push((id, frame.clone(), key.clone()));
+                held.frames.push(HeldFrame {
+                    id,
+                    frame: frame.clone(),
+                    key: key.clone(),
+                    gap: false,
+                });
             }
             // Held frames outgrew the queue limit while a replay ran (its core
             // is catching up on a burst, say). A stream's can be read again from
@@ -839,18 +860,18 @@ mod tests {
     fn a_gap_goes_out_in_order_with_the_deliveries_held_or_not() {
         let mut hub = Hub::default();
         let (live, held, past, inside, caught_up) = (conn(1), conn(2), conn(3), conn(4), conn(5));
-        hub.join("s", Source::Stream, &live);
+        hub.join("s", &How::plain(Source::Stream), &live);
         hub.set_live("s", StreamId::ZERO);
         hub.release("s", 1, Some(StreamId::ZERO));
         deliver(&mut hub, &[1, 2]);
         // Joined at 2, their replays still running.
         for c in [&held, &caught_up] {
-            hub.join("s", Source::Stream, c);
+            hub.join("s", &How::plain(Source::Stream), c);
         }
         // Joined at 2 with `since` ahead of the core: history sent through 7
         // (past the hole) or through 3 (inside it).
         for (c, through) in [(&past, 7), (&inside, 3)] {
-            hub.join("s", Source::Stream, c);
+            hub.join("s", &How::plain(Source::Stream), c);
             hub.release("s", c.id, Some(StreamId::new(through, 0)));
         }
         assert_eq!(sent(&live), ["1", "2"]);
