@@ -389,7 +389,17 @@ fn fresh_xread(con: &mut redis::Connection) {
 /// after a fresh XREAD began, far from its 2 s BLOCK's end.
 fn xread_names(con: &mut redis::Connection, key: &str) -> bool {
     fresh_xread(con);
-    let before = xread_calls(con);
+    // A reader round can issue more than one XREAD (a catch-up read before
+    // the blocking one): wait until it is blocked, its count steady.
+    let mut before = xread_calls(con);
+    loop {
+        thread::sleep(Duration::from_millis(150));
+        let now = xread_calls(con);
+        if now == before {
+            break;
+        }
+        before = now;
+    }
     xadd_data(con, key, br#"{"probe":1}"#);
     let deadline = Instant::now() + Duration::from_millis(400);
     while Instant::now() < deadline {
