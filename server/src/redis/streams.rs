@@ -5,6 +5,7 @@
 //! connected or not, are announced as a gap (`check_retention`).
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -27,9 +28,10 @@ const READ_COUNT: &[u8] = b"512";
 /// safety net for a new channel whose unblock raced with the read.
 const BLOCK_MS: &[u8] = b"2000";
 /// Up to this many live streams, the reader sends the witness of retention
-/// for all of them with every read that may wait; past it, it asks for the
-/// streams that need it once their entries are in (`read_loop`). About where
-/// the two cost the same, measured: results/retention-gaps-2026-12-02.md.
+/// with every read, for the streams read from their cursor; past it, it asks
+/// for the streams that need it once their entries are in (`read_loop`).
+/// About where the two cost the same, measured:
+/// results/retention-gaps-2026-12-02.md.
 const PIPELINED_WITNESS_KEYS: usize = 16;
 /// An XREAD may take its BLOCK plus the link bound with nothing heard before
 /// the link is taken down (a Redis that keeps the socket open but stops
@@ -110,26 +112,22 @@ async fn read_loop(core: &Rc<Core>, conn: &Rc<RespConn>) -> LinkError {
         args.extend(ids.iter().map(String::as_bytes));
         // The connection's watchdog bounds this wait (READ_BOUND).
         let read = conn.call(&args);
-        // A read that may wait for its entries (caught up on every stream)
-        // carries no witness: with few streams, the witness (each stream's
-        // first entry, `read_witness`) goes right behind it. Redis runs it as
-        // soon as the XREAD answers and both replies come back in one write,
-        // no round trip. Its cost grows with the streams it names; with more,
-        // `check_retention` asks afterwards, for the streams that need it.
-        let witness = (from.iter().all(Option::is_none) && keys.len() <= PIPELINED_WITNESS_KEYS).then(|| {
-            let all: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-            read_witness(conn, &all)
-        });
+        // The streams read from their cursor carry no witness: with few
+        // streams, theirs (each one's first entry, `read_witness`) goes right
+        // behind the XREAD. Redis runs it as soon as the XREAD answers and both
+        // replies come back in one write, no round trip. Its cost grows with
+        // the streams it names; with more, `check_retention` asks afterwards,
+        // for the streams that need it.
+        let cold: Vec<&[u8]> = keys
+            .iter()
+            .zip(&from)
+            .filter(|(_, from)| from.is_none())
+            .map(|(key, _)| key.as_slice())
+            .collect();
+        let witness = (!cold.is_empty() && keys.len() <= PIPELINED_WITNESS_KEYS).then(|| read_witness(conn, &cold));
         let reply = match read.await {
             Ok(reply) => reply,
             Err(e) => return e,
-        };
-        let witness = match witness {
-            Some(witness) => match witness.await {
-                Ok(reply) => Some(reply),
-                Err(e) => return e,
-            },
-            None => None,
         };
         match resp::xread(reply) {
             Ok(streams) => match check_retention(core, conn, &cursors, &keys, &from, streams, witness).await {
@@ -177,8 +175,8 @@ fn forget_tallies_of_gone_channels(core: &Core, live: usize) {
 /// read (`retention::witnessed`): trimming has not caught up with the reader,
 /// which is the normal case. That entry is the cursor's own for a stream
 /// read from just before it (`from`, by index in `keys`), else the stream's
-/// first entry: in `witness` when it was read with the XREAD, or read now
-/// for the streams that need it. Streams that none of this clears are read
+/// first entry: from `witness`, sent with the XREAD for the streams read from
+/// their cursor, or read now. Streams that none of this clears are read
 /// again with XINFO STREAM in one MULTI (one more round trip): their entries
 /// from the first read are dropped, so the gap is decided on exactly the
 /// entries delivered.
@@ -189,7 +187,7 @@ async fn check_retention(
     keys: &[Vec<u8>],
     from: &[Option<StreamId>],
     streams: Vec<(Bytes, Vec<Entry>)>,
-    witness: Option<resp::Reply>,
+    witness: Option<impl Future<Output = Result<resp::Reply, LinkError>>>,
 ) -> Result<(Vec<Batch>, Vec<usize>), LinkError> {
     // Each batch with the index of its channel in `cursors`, and the XINFO
     // read with its entries when they were read again.
@@ -231,24 +229,34 @@ async fn check_retention(
         ));
     }
     // A witness that failed proves nothing: those streams are read again.
-    let witness = match witness {
-        Some(witness) => Some(witness),
-        None if unproven.is_empty() => None,
-        None => {
-            let keys: Vec<&[u8]> = unproven.iter().map(|&r| read[r].0.key.as_ref()).collect();
-            Some(read_witness(conn, &keys).await?)
-        }
+    // One sent with the read names the streams read from their cursor, and
+    // is awaited only if one of them needs it; else its reply is dropped as
+    // it comes, never turned into entries. The others are asked for now.
+    let sent = witness.is_some();
+    let (named, late): (Vec<usize>, Vec<usize>) =
+        unproven.into_iter().partition(|&r| sent && from[read[r].1].is_none());
+    let named_firsts = match witness {
+        Some(witness) if !named.is_empty() => Some(witness.await?),
+        _ => None,
     };
-    let firsts = witness.map(|w| resp::xread(w).unwrap_or_default()).unwrap_or_default();
-    let mut first_at = 0;
-    let again: Vec<usize> = unproven
-        .into_iter()
-        .filter(|&r| {
+    let late_firsts = if late.is_empty() {
+        None
+    } else {
+        let keys: Vec<&[u8]> = late.iter().map(|&r| read[r].0.key.as_ref()).collect();
+        Some(read_witness(conn, &keys).await?)
+    };
+    let mut again = Vec::new();
+    for (rows, reply) in [(named, named_firsts), (late, late_firsts)] {
+        let firsts = reply.map(|w| resp::xread(w).unwrap_or_default()).unwrap_or_default();
+        let mut first_at = 0;
+        for r in rows {
             let (batch, i, _) = &read[r];
             let first = find_stream(&firsts, &batch.key, &mut first_at).and_then(|s| firsts[s].1.first());
-            !retention::witnessed(first.map(|e| e.id), cursors[*i].1)
-        })
-        .collect();
+            if !retention::witnessed(first.map(|e| e.id), cursors[*i].1) {
+                again.push(r);
+            }
+        }
+    }
     if !again.is_empty() {
         let channels: Vec<usize> = again.iter().map(|&r| read[r].1).collect();
         let (mut streams, infos) = read_exactly(conn, cursors, keys, &channels).await?;
