@@ -262,32 +262,20 @@ pub async fn run(target: Target, index: usize, slot: usize, shared: Rc<Shared>) 
     };
     // Until the subscribe is answered: one frame at a time, nothing read ahead.
     while !shared.extras.borrow()[slot].answered() {
-        let (r, back) = wsclient::read_frame(&mut stream, buf).await;
-        buf = back;
-        match r {
-            Ok(frame) => {
-                if !take_frame(&shared, slot, &mut stream, &mut buf, frame).await {
-                    return end(&shared, slot, End::Eof);
-                }
-            }
-            Err(e) => return end(&shared, slot, end_of_read(e)),
-        }
+        buf = match read_one(&shared, slot, &mut stream, buf).await {
+            Some(back) => back,
+            None => return,
+        };
     }
     if shared.extras.borrow()[slot].end.is_some() {
         return;
     }
     match kind {
         ExtraKind::Slow { every } => loop {
-            let (r, back) = wsclient::read_frame(&mut stream, buf).await;
-            buf = back;
-            match r {
-                Ok(frame) => {
-                    if !take_frame(&shared, slot, &mut stream, &mut buf, frame).await {
-                        return end(&shared, slot, End::Eof);
-                    }
-                }
-                Err(e) => return end(&shared, slot, end_of_read(e)),
-            }
+            buf = match read_one(&shared, slot, &mut stream, buf).await {
+                Some(back) => back,
+                None => return,
+            };
             if shared.drain_extras.get() {
                 return;
             }
@@ -299,6 +287,25 @@ pub async fn run(target: Target, index: usize, slot: usize, shared: Rc<Shared>) 
             }
             let how = drain(&shared, slot, &mut stream, buf).await;
             end(&shared, slot, how);
+        }
+    }
+}
+
+/// Reads and records one frame; `None` once the connection has ended (the end
+/// is recorded).
+async fn read_one(shared: &Shared, slot: usize, stream: &mut TcpStream, buf: BytesMut) -> Option<BytesMut> {
+    let (r, mut buf) = wsclient::read_frame(stream, buf).await;
+    match r {
+        Ok(frame) => {
+            if !take_frame(shared, slot, stream, &mut buf, frame).await {
+                end(shared, slot, End::Eof);
+                return None;
+            }
+            Some(buf)
+        }
+        Err(e) => {
+            end(shared, slot, end_of_read(e));
+            None
         }
     }
 }

@@ -236,17 +236,8 @@ impl Hub {
                 }
                 match sub.lane {
                     // A retention gap is not a delivery: no policy applies to it.
-                    _ if gap => sub.conn.send(frame),
-                    None => sub.conn.send(frame),
-                    Some(lane) => {
-                        if let Some(Pushed::Throttled {
-                            due: at,
-                            schedule: true,
-                        }) = sub.conn.send_delivery(lane, Delivery { frame, id, key }, now)
-                        {
-                            due.push((at, sub.conn.clone(), lane));
-                        }
-                    }
+                    Some(lane) if !gap => send_to_lane(&sub.conn, lane, Delivery { frame, id, key }, now, &mut due),
+                    _ => sub.conn.send(frame),
                 }
             }
         }
@@ -477,6 +468,24 @@ impl Hub {
     }
 }
 
+/// Queues a delivery into `conn`'s lane; a throttled lane newly due is added
+/// to `due` for the core's schedule.
+fn send_to_lane(
+    conn: &Rc<Conn>,
+    lane: LaneId,
+    delivery: Delivery,
+    now: Instant,
+    due: &mut Vec<(Instant, Rc<Conn>, LaneId)>,
+) {
+    if let Some(Pushed::Throttled {
+        due: at,
+        schedule: true,
+    }) = conn.send_delivery(lane, delivery, now)
+    {
+        due.push((at, conn.clone(), lane));
+    }
+}
+
 /// Queues `frame` for every subscriber; returns the throttled lanes that now
 /// have a release to schedule.
 fn fan_out(
@@ -507,15 +516,8 @@ fn fan_out(
                             id,
                             key: key.clone(),
                         };
-                        if let Some(Pushed::Throttled {
-                            due: at,
-                            schedule: true,
-                        }) = sub
-                            .conn
-                            .send_delivery(lane, delivery, *now.get_or_insert_with(Instant::now))
-                        {
-                            due.push((at, sub.conn.clone(), lane));
-                        }
+                        let now = *now.get_or_insert_with(Instant::now);
+                        send_to_lane(&sub.conn, lane, delivery, now, &mut due);
                     }
                 }
             }

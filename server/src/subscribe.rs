@@ -306,26 +306,11 @@ pub(crate) async fn reply(
 /// was given up to there, which sizes the gap should retention ever overtake
 /// the reader. Read atomically (MULTI/EXEC), so no entry comes between.
 async fn live_start(core: &Core, key: &[u8]) -> Result<(StreamId, Option<Tally>), ProtocolError> {
-    let link = pool(core)?;
-    // Queued back to back in one synchronous step, like `read_page`.
-    let multi = link.call(&[b"MULTI"]);
-    let newest = link.call(&[b"XREVRANGE", key, b"+", b"-", b"COUNT", b"1"]);
-    let info = link.call(&[b"XINFO", b"STREAM", key]);
-    let exec = link.call(&[b"EXEC"]);
-    resp::expect_ok(&reply(multi).await?).map_err(bad_reply)?;
-    let _queued = (reply(newest).await?, reply(info).await?);
-    let Reply::Array { data, .. } = reply(exec).await? else {
-        return Err(bad_reply(ReplyError::Shape("EXEC reply")));
-    };
-    let [newest, info]: [Reply; 2] = data
-        .try_into()
-        .map_err(|_| bad_reply(ReplyError::Shape("EXEC reply")))?;
+    let (newest, info) = with_stream_info(core, key, &[b"XREVRANGE", key, b"+", b"-", b"COUNT", b"1"]).await?;
     let cursor = resp::entries(newest)
         .map_err(bad_reply)?
         .first()
         .map_or(StreamId::ZERO, |e| e.id);
-    // XINFO fails on a missing key (XREVRANGE has refused any other type).
-    let info = resp::stream_info(info).ok();
     Ok((cursor, Tally::at_start(info.as_ref(), cursor)))
 }
 
@@ -476,35 +461,47 @@ async fn read_page(
     let start = format!("({after}");
     let end = until.to_string();
     let count = page.to_string();
-    let link = pool(core)?;
-    // Queued back to back in one synchronous step: nothing can come between
-    // them on the shared connection.
-    let multi = link.call(&[b"MULTI"]);
-    let range = link.call(&[
+    let command: [&[u8]; 6] = [
         b"XRANGE",
         key,
         start.as_bytes(),
         end.as_bytes(),
         b"COUNT",
         count.as_bytes(),
-    ]);
-    let info = link.call(&[b"XINFO", b"STREAM", key]);
-    let exec = link.call(&[b"EXEC"]);
-    resp::expect_ok(&reply(multi).await?).map_err(bad_reply)?;
-    let _queued = (reply(range).await?, reply(info).await?);
-    let Reply::Array { data, .. } = reply(exec).await? else {
-        return Err(bad_reply(ReplyError::Shape("EXEC reply")));
-    };
-    let [range, info]: [Reply; 2] = data
-        .try_into()
-        .map_err(|_| bad_reply(ReplyError::Shape("EXEC reply")))?;
+    ];
+    let (range, info) = with_stream_info(core, key, &command).await?;
     let entries = if after >= until {
         Vec::new()
     } else {
         resp::entries(range).map_err(bad_reply)?
     };
-    // A missing key (XINFO error) gives no info, which proves nothing.
-    Ok((entries, resp::stream_info(info).ok()))
+    Ok((entries, info))
+}
+
+/// Runs `command` and `XINFO STREAM key` in one MULTI/EXEC, so nothing (no
+/// trimming, no new entry) comes between them; returns the command's reply
+/// and the stream's info (none for a missing key, which proves nothing).
+async fn with_stream_info(
+    core: &Core,
+    key: &[u8],
+    command: &[&[u8]],
+) -> Result<(Reply, Option<StreamInfo>), ProtocolError> {
+    let link = pool(core)?;
+    // Queued back to back in one synchronous step: nothing can come between
+    // them on the shared connection.
+    let multi = link.call(&[b"MULTI"]);
+    let queued = link.call(command);
+    let info = link.call(&[b"XINFO", b"STREAM", key]);
+    let exec = link.call(&[b"EXEC"]);
+    resp::expect_ok(&reply(multi).await?).map_err(bad_reply)?;
+    let _queued = (reply(queued).await?, reply(info).await?);
+    let Reply::Array { data, .. } = reply(exec).await? else {
+        return Err(bad_reply(ReplyError::Shape("EXEC reply")));
+    };
+    let [result, info]: [Reply; 2] = data
+        .try_into()
+        .map_err(|_| bad_reply(ReplyError::Shape("EXEC reply")))?;
+    Ok((result, resp::stream_info(info).ok()))
 }
 
 /// Most history bytes one replay keeps queued for its client; with
