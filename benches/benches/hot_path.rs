@@ -1,7 +1,10 @@
 //! The hot path of feedgate, through `feedgate-core`'s public API:
 //!
-//! - `frame/*`: one delivery frame built from a stream entry or a pub/sub body;
+//! - `frame/*`: one delivery frame built from a stream entry or a pub/sub body
+//!   (and shared by 10 subscribers); the keepalive's ping, built or prebuilt;
 //! - `resp/xread_100`: one RESP3 XREAD reply of 100 entries decoded and read;
+//! - `xread_args/{rebuilt,kept}_keys/{1,16,256}`: the stream reader's XREAD
+//!   command for that many streams, keys built afresh or kept from the last read;
 //! - `op/subscribe_since`: one client subscribe op parsed;
 //! - `queue/fanout_1000`: one shared frame pushed to 1,000 subscriber queues;
 //! - `queue/{drop_oldest,conflate}_fanout_1000`: the same through each
@@ -17,8 +20,10 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use feedgate_benches::{data_entry, entry_id, multi_field_entry, xread_reply, CHANNEL, JSON_100B, SUBSCRIBE_SINCE};
-use feedgate_core::frame::FrameBuilder;
+use feedgate_benches::{
+    data_entry, data_entry_1kib, entry_id, multi_field_entry, xread_reply, CHANNEL, JSON_100B, SUBSCRIBE_SINCE,
+};
+use feedgate_core::frame::{self, FrameBuilder};
 use std::rc::Rc;
 
 use feedgate_core::channel::SlowConsumer;
@@ -38,6 +43,11 @@ fn frames(c: &mut Criterion) {
         b.iter(|| builder.stream_delivery(black_box(CHANNEL), black_box(id), black_box(&fields[..])))
     });
 
+    let fields = data_entry_1kib();
+    group.bench_function("stream_data_json_1KiB", |b| {
+        b.iter(|| builder.stream_delivery(black_box(CHANNEL), black_box(id), black_box(&fields[..])))
+    });
+
     let fields = multi_field_entry();
     group.bench_function("stream_6_fields", |b| {
         b.iter(|| builder.stream_delivery(black_box(CHANNEL), black_box(id), black_box(&fields[..])))
@@ -46,6 +56,24 @@ fn frames(c: &mut Criterion) {
     group.bench_function("pubsub_json_100B", |b| {
         b.iter(|| builder.pubsub_delivery(black_box(CHANNEL), black_box(JSON_100B)))
     });
+
+    // A delivery frame as fan-out uses it: built once, then shared by 10
+    // subscribers, and dropped when the last one has written it.
+    let fields = data_entry();
+    group.bench_function("stream_data_json_100B_shared_10", |b| {
+        b.iter(|| {
+            let frame = builder.stream_delivery(black_box(CHANNEL), black_box(id), black_box(&fields[..]));
+            let clones: [Bytes; 10] = std::array::from_fn(|_| frame.clone());
+            black_box(clones)
+        })
+    });
+
+    // The keepalive's ping, once per connection per interval: built each time,
+    // or a clone of one prebuilt `Bytes`.
+    group.bench_function("ping_built", |b| b.iter(|| frame::ping(black_box(b"fg"))));
+    let ping = Bytes::from_static(&[0x89, 2, b'f', b'g']);
+    assert_eq!(ping, frame::ping(b"fg"));
+    group.bench_function("ping_static", |b| b.iter(|| black_box(&ping).clone()));
     group.finish();
 }
 
@@ -66,6 +94,49 @@ fn xread(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    group.finish();
+}
+
+/// The arguments of the stream reader's XREAD for `n` live streams, encoded
+/// into the connection's out buffer, as `read_loop` (server/src/redis/streams.rs)
+/// does before every read: each key is `key_prefix + channel` (`Settings::key_of`),
+/// each id the channel's cursor as text.
+fn xread_args(c: &mut Criterion) {
+    const PREFIX: &str = "fg:";
+    let mut group = c.benchmark_group("xread_args");
+    for n in [1usize, 16, 256] {
+        let names: Vec<Rc<str>> = (0..n).map(|i| Rc::from(format!("md.SYM-{i:04}"))).collect();
+        let cursors: Vec<(Rc<str>, StreamId)> = names.iter().map(|c| (c.clone(), entry_id(7))).collect();
+        let key_of = |name: &str| [PREFIX.as_bytes(), name.as_bytes()].concat();
+        let mut out = BytesMut::with_capacity(64 * 1024);
+        group.throughput(Throughput::Elements(n as u64));
+        // What every read does today: the keys built again, then the ids.
+        group.bench_function(format!("rebuilt_keys/{n}"), |b| {
+            b.iter(|| {
+                let cursors = black_box(&cursors);
+                let keys: Vec<Vec<u8>> = cursors.iter().map(|(name, _)| key_of(name)).collect();
+                let ids: Vec<String> = cursors.iter().map(|(_, cursor)| cursor.to_string()).collect();
+                let mut args: Vec<&[u8]> = vec![b"XREAD", b"COUNT", b"512", b"BLOCK", b"2000", b"STREAMS"];
+                args.extend(keys.iter().map(Vec::as_slice));
+                args.extend(ids.iter().map(String::as_bytes));
+                resp::encode_command(&mut out, &args);
+                out.clear();
+            })
+        });
+        // The keys kept from the last read while the stream set is unchanged.
+        let keys: Vec<Vec<u8>> = cursors.iter().map(|(name, _)| key_of(name)).collect();
+        group.bench_function(format!("kept_keys/{n}"), |b| {
+            b.iter(|| {
+                let cursors = black_box(&cursors);
+                let ids: Vec<String> = cursors.iter().map(|(_, cursor)| cursor.to_string()).collect();
+                let mut args: Vec<&[u8]> = vec![b"XREAD", b"COUNT", b"512", b"BLOCK", b"2000", b"STREAMS"];
+                args.extend(keys.iter().map(Vec::as_slice));
+                args.extend(ids.iter().map(String::as_bytes));
+                resp::encode_command(&mut out, &args);
+                out.clear();
+            })
+        });
+    }
     group.finish();
 }
 
@@ -254,5 +325,5 @@ fn policies(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, frames, xread, ops, fanout, policies);
+criterion_group!(benches, frames, xread, xread_args, ops, fanout, policies);
 criterion_main!(benches);

@@ -12,6 +12,20 @@ pub const CHANNEL: &str = "md.BTC-USD";
 pub const JSON_100B: &[u8] =
     br#"{"sym":"BTC-USD","px":101234.5,"qty":0.25,"side":"buy","ts":1732700000000123,"venue":"XNAS","seq":4242}"#;
 
+/// A JSON payload of about 1 KiB (an order-book snapshot of 30 levels), for
+/// frames whose payload is many times the envelope.
+pub fn json_1kib() -> Vec<u8> {
+    let levels: Vec<String> = (0..30)
+        .map(|i| format!(r#"{{"px":{}.5,"qty":{}.25,"n":{}}}"#, 101_000 + i, i + 1, i * 3))
+        .collect();
+    format!(
+        r#"{{"sym":"BTC-USD","ts":1732700000000123,"bids":[{}],"asks":[{}]}}"#,
+        levels[..15].join(","),
+        levels[15..].join(",")
+    )
+    .into_bytes()
+}
+
 /// A subscribe op with a replay position and a `req`, as a client sends it.
 pub const SUBSCRIBE_SINCE: &[u8] = br#"{"op":"subscribe","channel":"md.BTC-USD","since":"1732700000000-0","req":7}"#;
 
@@ -23,6 +37,11 @@ pub fn entry_id(i: u64) -> StreamId {
 /// A stream entry whose only field is `data` holding [`JSON_100B`] (spliced).
 pub fn data_entry() -> Vec<(Bytes, Bytes)> {
     vec![(Bytes::from_static(b"data"), Bytes::from_static(JSON_100B))]
+}
+
+/// A stream entry whose only field is `data` holding [`json_1kib`] (spliced).
+pub fn data_entry_1kib() -> Vec<(Bytes, Bytes)> {
+    vec![(Bytes::from_static(b"data"), Bytes::from(json_1kib()))]
 }
 
 /// A stream entry of six plain fields (sent as a JSON object of strings).
@@ -81,6 +100,14 @@ mod tests {
         expected.extend_from_slice(JSON_100B);
         expected.push(b'}');
         assert_eq!(body(&f), &expected[..]);
+    }
+
+    #[test]
+    fn the_1kib_payload_is_json_of_about_1kib() {
+        let json = json_1kib();
+        assert!((900..=1100).contains(&json.len()), "{}", json.len());
+        let f = FrameBuilder::new().stream_delivery(CHANNEL, entry_id(0), &data_entry_1kib());
+        assert!(body(&f).ends_with(&[&json[..], b"}"].concat()), "spliced, not escaped");
     }
 
     #[test]
