@@ -3,8 +3,10 @@
 //! - `frame/*`: one delivery frame built from a stream entry or a pub/sub body
 //!   (and shared by 10 subscribers); the keepalive's ping, built or prebuilt;
 //! - `resp/xread_100`: one RESP3 XREAD reply of 100 entries decoded and read;
-//! - `xread_args/{rebuilt,kept}_keys/{1,16,256}`: the stream reader's XREAD
-//!   command for that many streams, keys built afresh or kept from the last read;
+//! - `xread_args/{rebuilt,kept,encode_only}/{1,16,256}`: the stream reader's
+//!   XREAD command for that many streams: its arguments built afresh (before),
+//!   kept from the last read (server/src/redis/streams/args.rs, built here on
+//!   its own), or only encoded;
 //! - `op/subscribe_since`: one client subscribe op parsed;
 //! - `queue/fanout_1000`: one shared frame pushed to 1,000 subscriber queues;
 //! - `queue/{drop_oldest,conflate}_fanout_1000`: the same through each
@@ -30,6 +32,11 @@ use feedgate_core::channel::SlowConsumer;
 use feedgate_core::queue::{Delivery, Key, LaneId, LaneSpec, OutQueue, Pushed, Releases};
 use feedgate_core::StreamId;
 use feedgate_core::{op, resp};
+
+// Its unit tests compile here too (benches build with cfg(test)) and go unused.
+#[allow(unused)]
+#[path = "../../server/src/redis/streams/args.rs"]
+mod xread_args;
 
 fn frames(c: &mut Criterion) {
     let mut group = c.benchmark_group("frame");
@@ -110,8 +117,8 @@ fn xread_args(c: &mut Criterion) {
         let key_of = |name: &str| [PREFIX.as_bytes(), name.as_bytes()].concat();
         let mut out = BytesMut::with_capacity(64 * 1024);
         group.throughput(Throughput::Elements(n as u64));
-        // What every read does today: the keys built again, then the ids.
-        group.bench_function(format!("rebuilt_keys/{n}"), |b| {
+        // What every read did before: the keys and the id strings built afresh.
+        group.bench_function(format!("rebuilt/{n}"), |b| {
             b.iter(|| {
                 let cursors = black_box(&cursors);
                 let keys: Vec<Vec<u8>> = cursors.iter().map(|(name, _)| key_of(name)).collect();
@@ -123,16 +130,32 @@ fn xread_args(c: &mut Criterion) {
                 out.clear();
             })
         });
-        // The keys kept from the last read while the stream set is unchanged.
-        let keys: Vec<Vec<u8>> = cursors.iter().map(|(name, _)| key_of(name)).collect();
-        group.bench_function(format!("kept_keys/{n}"), |b| {
+        // What it does now (server/src/redis/streams/args.rs): the keys kept
+        // while the streams are the same, the ids written into one buffer.
+        let mut keys = xread_args::Keys::default();
+        let mut ids = xread_args::Ids::default();
+        group.bench_function(format!("kept/{n}"), |b| {
             b.iter(|| {
                 let cursors = black_box(&cursors);
-                let ids: Vec<String> = cursors.iter().map(|(_, cursor)| cursor.to_string()).collect();
-                let mut args: Vec<&[u8]> = vec![b"XREAD", b"COUNT", b"512", b"BLOCK", b"2000", b"STREAMS"];
+                let keys = keys.of(cursors.iter().map(|(name, _)| name), key_of);
+                ids.fill(cursors.iter().map(|(_, cursor)| *cursor));
+                let mut args: Vec<&[u8]> = Vec::with_capacity(6 + 2 * keys.len());
+                args.extend_from_slice(&[b"XREAD", b"COUNT", b"512", b"BLOCK", b"2000", b"STREAMS"]);
                 args.extend(keys.iter().map(Vec::as_slice));
-                args.extend(ids.iter().map(String::as_bytes));
+                args.extend(ids.iter());
                 resp::encode_command(&mut out, &args);
+                out.clear();
+            })
+        });
+        // The floor: the command's encoding alone, its arguments ready.
+        let ids: Vec<String> = cursors.iter().map(|(_, cursor)| cursor.to_string()).collect();
+        let keys: Vec<Vec<u8>> = cursors.iter().map(|(name, _)| key_of(name)).collect();
+        let mut args: Vec<&[u8]> = vec![b"XREAD", b"COUNT", b"512", b"BLOCK", b"2000", b"STREAMS"];
+        args.extend(keys.iter().map(Vec::as_slice));
+        args.extend(ids.iter().map(String::as_bytes));
+        group.bench_function(format!("encode_only/{n}"), |b| {
+            b.iter(|| {
+                resp::encode_command(&mut out, black_box(&args));
                 out.clear();
             })
         });

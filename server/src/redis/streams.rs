@@ -21,6 +21,9 @@ use crate::redis::fanout::{deliver_sliced, Batch, Gap};
 use crate::redis::links::{Link, LINK_BOUND};
 use crate::redis::supervisor::supervise;
 
+mod args;
+use args::{Ids, Keys};
+
 /// Entries read per stream per XREAD. A reply is fanned out in slices
 /// (`fanout.rs`), so this bounds the reply's memory, not any client's queue.
 const READ_COUNT: &[u8] = b"512";
@@ -74,6 +77,8 @@ async fn read_loop(core: &Rc<Core>, conn: &Rc<RespConn>) -> LinkError {
     // Streams the last read found more than one entry in: the reader is
     // behind on them, and the next read will not wait.
     let mut behind: HashSet<Bytes> = HashSet::new();
+    let mut kept_keys = Keys::default();
+    let mut ids = Ids::default();
     loop {
         let cursors = core.hub.borrow().stream_cursors();
         core.redis.reader_gen.set(core.redis.streams_gen.get());
@@ -85,7 +90,9 @@ async fn read_loop(core: &Rc<Core>, conn: &Rc<RespConn>) -> LinkError {
             }
         }
         forget_tallies_of_gone_channels(core, cursors.len());
-        let keys: Vec<Vec<u8>> = cursors.iter().map(|(name, _)| core.settings.key_of(name)).collect();
+        // Hot path, once per read: the keys are the last read's while the
+        // streams are the same ones, and the ids go into one reused buffer.
+        let keys = kept_keys.of(cursors.iter().map(|(name, _)| name), |name| core.settings.key_of(name));
         // The witness of retention, in the read itself: a stream the reader is
         // behind on is read from just before its cursor, so the cursor's own
         // entry comes first if it is still there, which proves that nothing
@@ -94,7 +101,7 @@ async fn read_loop(core: &Rc<Core>, conn: &Rc<RespConn>) -> LinkError {
         // others: a read from before a retained entry never blocks.
         let from: Vec<Option<StreamId>> = cursors
             .iter()
-            .zip(&keys)
+            .zip(keys)
             .map(|((_, cursor), key)| {
                 behind
                     .contains(key.as_slice())
@@ -102,14 +109,16 @@ async fn read_loop(core: &Rc<Core>, conn: &Rc<RespConn>) -> LinkError {
                     .flatten()
             })
             .collect();
-        let ids: Vec<String> = cursors
-            .iter()
-            .zip(&from)
-            .map(|((_, cursor), from)| from.unwrap_or(*cursor).to_string())
-            .collect();
-        let mut args: Vec<&[u8]> = vec![b"XREAD", b"COUNT", READ_COUNT, b"BLOCK", BLOCK_MS, b"STREAMS"];
+        ids.fill(
+            cursors
+                .iter()
+                .zip(&from)
+                .map(|((_, cursor), from)| from.unwrap_or(*cursor)),
+        );
+        let mut args: Vec<&[u8]> = Vec::with_capacity(6 + 2 * keys.len());
+        args.extend_from_slice(&[b"XREAD", b"COUNT", READ_COUNT, b"BLOCK", BLOCK_MS, b"STREAMS"]);
         args.extend(keys.iter().map(Vec::as_slice));
-        args.extend(ids.iter().map(String::as_bytes));
+        args.extend(ids.iter());
         // The connection's watchdog bounds this wait (READ_BOUND).
         let read = conn.call(&args);
         // The streams read from their cursor carry no witness: with few
@@ -130,7 +139,7 @@ async fn read_loop(core: &Rc<Core>, conn: &Rc<RespConn>) -> LinkError {
             Err(e) => return e,
         };
         match resp::xread(reply) {
-            Ok(streams) => match check_retention(core, conn, &cursors, &keys, &from, streams, witness).await {
+            Ok(streams) => match check_retention(core, conn, &cursors, keys, &from, streams, witness).await {
                 Ok((batches, counts)) => {
                     behind = batches
                         .iter()
