@@ -18,6 +18,9 @@ use feedgate_core::{key, StreamId};
 use crate::conn::{close_code, Conn, SLOW_CONSUMER_REASON};
 use crate::notify::{Event, Notify};
 
+mod subs;
+use subs::{Keyed, Subs};
+
 /// Whether the core's Redis subscription for a channel is in place.
 pub enum Phase {
     /// Being set up; subscribers wait for the event.
@@ -77,7 +80,8 @@ pub struct Channel {
     pub phase: Phase,
     /// Streams: the last id delivered on this core; live reads resume after it.
     pub cursor: StreamId,
-    subs: Vec<Sub>,
+    /// Found and removed by connection id in O(1); fan-out scans it as one slice.
+    subs: Subs<Sub>,
 }
 
 struct Sub {
@@ -94,6 +98,12 @@ struct Sub {
     /// `conflate` or `max_rate` subscriptions.
     lane: Option<LaneId>,
     how: How,
+}
+
+impl Keyed for Sub {
+    fn key(&self) -> u64 {
+        self.conn.id
+    }
 }
 
 #[derive(Default)]
@@ -149,11 +159,11 @@ impl Hub {
             lanes: 0,
             phase: Phase::Starting(Rc::new(Event::default())),
             cursor: StreamId::ZERO,
-            subs: Vec::new(),
+            subs: Subs::default(),
         });
         let first = channel.subs.is_empty() && matches!(channel.phase, Phase::Starting(_));
         let joined_at = matches!(channel.phase, Phase::Live).then_some(channel.cursor);
-        channel.subs.push(Sub {
+        channel.subs.insert(Sub {
             conn: conn.clone(),
             joined_at,
             held: Some(Held::default()),
@@ -176,7 +186,7 @@ impl Hub {
         };
         if let Phase::Starting(event) = std::mem::replace(&mut channel.phase, Phase::Live) {
             channel.cursor = cursor;
-            for sub in &mut channel.subs {
+            for sub in channel.subs.as_mut_slice() {
                 sub.joined_at.get_or_insert(cursor);
             }
             event.set();
@@ -194,12 +204,7 @@ impl Hub {
 
     /// Where `conn`'s deliveries on `name` start, once the channel is live.
     pub fn joined_at(&self, name: &str, conn_id: u64) -> Option<StreamId> {
-        self.channels
-            .get(name)?
-            .subs
-            .iter()
-            .find(|s| s.conn.id == conn_id)?
-            .joined_at
+        self.channels.get(name)?.subs.get(conn_id)?.joined_at
     }
 
     /// Sends `conn` the frames held for it on `name` (only stream ids after
@@ -208,7 +213,7 @@ impl Hub {
         let Some(channel) = self.channels.get_mut(name) else {
             return;
         };
-        let Some(sub) = channel.subs.iter_mut().find(|s| s.conn.id == conn_id) else {
+        let Some(sub) = channel.subs.get_mut(conn_id) else {
             return;
         };
         let mut due = Vec::new();
@@ -250,7 +255,7 @@ impl Hub {
     pub fn held_bytes(&self, name: &str, conn_id: u64) -> usize {
         self.channels
             .get(name)
-            .and_then(|c| c.subs.iter().find(|s| s.conn.id == conn_id))
+            .and_then(|c| c.subs.get(conn_id))
             .and_then(|s| s.held.as_ref())
             .map_or(0, |held| held.bytes)
     }
@@ -259,7 +264,7 @@ impl Hub {
     /// dropped (they outgrew the queue limit while its replay ran), if any.
     pub fn take_dropped(&mut self, name: &str, conn_id: u64) -> Option<StreamId> {
         let channel = self.channels.get_mut(name)?;
-        let sub = channel.subs.iter_mut().find(|s| s.conn.id == conn_id)?;
+        let sub = channel.subs.get_mut(conn_id)?;
         sub.held.as_mut()?.dropped_through.take()
     }
 
@@ -267,16 +272,15 @@ impl Hub {
     /// subscriber (the caller then drops the Redis subscription).
     pub fn leave(&mut self, name: &str, conn_id: u64) -> Option<Channel> {
         let channel = self.channels.get_mut(name)?;
-        channel.subs.retain(|s| {
-            if s.conn.id != conn_id {
-                return true;
-            }
-            if let Some(lane) = s.lane {
-                s.conn.close_lane(lane);
-                channel.lanes -= 1;
-            }
-            false
-        });
+        // O(1): a mass disconnect from one hot channel used to scan the list
+        // once per leaver (quadratic; results/benches.md, `hub/leave_10000`).
+        if let Some(Sub {
+            conn, lane: Some(lane), ..
+        }) = channel.subs.remove(conn_id)
+        {
+            conn.close_lane(lane);
+            channel.lanes -= 1;
+        }
         if channel.subs.is_empty() {
             let channel = self.channels.remove(name)?;
             if let Phase::Starting(event) = &channel.phase {
@@ -334,7 +338,13 @@ impl Hub {
                 }
                 _ => None,
             };
-            due.extend(fan_out(&mut channel.subs, Source::Stream, entry.id, &frame, key));
+            due.extend(fan_out(
+                channel.subs.as_mut_slice(),
+                Source::Stream,
+                entry.id,
+                &frame,
+                key,
+            ));
         }
         self.schedule(due);
     }
@@ -354,7 +364,7 @@ impl Hub {
             }
             _ => None,
         };
-        let due = fan_out(&mut channel.subs, Source::Pubsub, StreamId::ZERO, &frame, key);
+        let due = fan_out(channel.subs.as_mut_slice(), Source::Pubsub, StreamId::ZERO, &frame, key);
         self.schedule(due);
     }
 
@@ -405,6 +415,7 @@ impl Hub {
         };
         channel
             .subs
+            .into_vec()
             .into_iter()
             .map(|s| {
                 if let Some(lane) = s.lane {
@@ -439,7 +450,7 @@ impl Hub {
             Some(seq) => StreamId::new(after.ms, seq),
             None => StreamId::new(after.ms.saturating_add(1), 0),
         };
-        for sub in &mut channel.subs {
+        for sub in channel.subs.as_mut_slice() {
             match (&mut sub.held, sub.skip_through) {
                 // Held while its replay runs: the gap waits in place among the
                 // held frames. A replay that ends at or before `after` leaves
@@ -786,6 +797,39 @@ mod tests {
         let gone = hub.leave("s", 2).expect("the last one leaving returns the channel");
         assert_eq!(gone.source, Source::Stream);
         assert!(hub.stream_cursors().is_empty(), "the reader no longer reads it");
+    }
+
+    #[test]
+    fn subscribers_leaving_in_any_order_leave_the_others_served() {
+        let mut hub = Hub::default();
+        let conns: Vec<Rc<Conn>> = (1..=50).map(|serial| conn(serial * 1024)).collect();
+        for c in &conns {
+            hub.join("s", &How::plain(Source::Stream), c);
+        }
+        hub.set_live("s", StreamId::ZERO);
+        for c in &conns {
+            hub.release("s", c.id, Some(StreamId::ZERO));
+        }
+        // Every third one leaves, from the back, the front and the middle.
+        let leaving = |i: usize| i.is_multiple_of(3);
+        for i in [48, 0, 24, 3, 45].into_iter().chain((0..50).filter(|&i| leaving(i))) {
+            assert!(hub.leave("s", conns[i].id).is_none(), "others still hold it");
+        }
+        deliver(&mut hub, &[7]);
+        for (i, c) in conns.iter().enumerate() {
+            let expected: &[u64] = if leaving(i) { &[] } else { &[7] };
+            assert_eq!(sent_ids(c), expected, "subscriber {i}");
+            assert_eq!(hub.joined_at("s", c.id).is_none(), leaving(i), "subscriber {i}");
+        }
+        let staying: Vec<usize> = (0..50).filter(|&i| !leaving(i)).collect();
+        let (last, rest) = staying.split_last().unwrap();
+        for &i in rest {
+            assert!(hub.leave("s", conns[i].id).is_none());
+        }
+        assert!(
+            hub.leave("s", conns[*last].id).is_some(),
+            "the last one removes the channel"
+        );
     }
 
     #[test]
