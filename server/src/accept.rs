@@ -197,15 +197,16 @@ fn accept_raw(listener: RawFd) -> std::io::Result<RawFd> {
 
 /// Registers a socket whose request head is still awaited; dropped (before
 /// the socket closes) it unregisters, so the keepalive never shuts down an fd
-/// that was closed and reused.
+/// that was closed and reused. Keyed by the descriptor, which no other open
+/// socket shares: drawing a connection id here too gave every WebSocket two.
 struct PendingHead {
     core: Rc<Core>,
-    id: u64,
+    fd: RawFd,
 }
 
 impl Drop for PendingHead {
     fn drop(&mut self) {
-        self.core.pending_heads.borrow_mut().remove(&self.id);
+        self.core.pending_heads.borrow_mut().remove(&self.fd);
     }
 }
 
@@ -215,11 +216,11 @@ async fn serve_http(core: Rc<Core>, mut stream: TcpStream, ticket: Ticket) {
     // against the read (a cancelled io_uring read can lose bytes,
     // shared/TRAPS.md), and instead of a sleeping task per connection, whose
     // timers would all fire together under a burst of connects.
-    let id = core.next_conn_id();
+    let fd = stream.as_raw_fd();
     core.pending_heads
         .borrow_mut()
-        .insert(id, (stream.as_raw_fd(), Instant::now() + HEAD_TIMEOUT));
-    let done = PendingHead { core: core.clone(), id };
+        .insert(fd, Instant::now() + HEAD_TIMEOUT);
+    let done = PendingHead { core: core.clone(), fd };
     let mut buf = BytesMut::with_capacity(1024);
     let (route, len) = loop {
         let (result, back) = read_more(&mut stream, buf, 1024).await;
@@ -249,4 +250,78 @@ async fn serve_http(core: Rc<Core>, mut stream: TcpStream, ticket: Ticket) {
     };
     let _ = stream.write_all(http::response(status, body)).await;
     shutdown(stream.as_raw_fd(), libc::SHUT_WR);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use clap::Parser;
+    use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+    use monoio::net::{TcpListener, TcpStream};
+
+    use super::*;
+    use crate::admission::Admission;
+    use crate::core::{conn_serial, Readiness};
+    use crate::settings::{Cli, Settings};
+
+    const UPGRADE: &str = "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                           Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+    /// Sends `request` and reads the answer's first bytes.
+    async fn ask(port: u16, request: &'static str) -> (TcpStream, Vec<u8>) {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let (result, _) = stream.write_all(request).await;
+        result.unwrap();
+        let (result, buf) = stream.read(vec![0u8; 512]).await;
+        let n = result.unwrap();
+        (stream, buf[..n].to_vec())
+    }
+
+    /// The keepalive pings connections by their serial (`conn_serial % slots`):
+    /// consecutive WebSocket connections must get consecutive serials, or
+    /// some slots stay empty and the others get a double burst.
+    #[monoio::test_all(timer_enabled = true)]
+    async fn each_websocket_connection_takes_one_serial() {
+        let cli = Cli::parse_from(["feedgate", "--redis", "redis://127.0.0.1:1", "--cores", "1"]);
+        let settings = Arc::new(Settings::resolve(cli).unwrap());
+        let core = Rc::new(Core::new(
+            0,
+            settings,
+            Arc::new(Readiness::new(1)),
+            Admission::new(100, 100),
+        ));
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        monoio::spawn(accept_loop(core.clone(), listener));
+
+        // A plain HTTP request in between takes no serial either.
+        let (_health, answer) = ask(port, "GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n").await;
+        assert!(
+            answer.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+        let mut open = Vec::new();
+        for _ in 0..4 {
+            let (stream, answer) = ask(port, UPGRADE).await;
+            assert!(
+                answer.starts_with(b"HTTP/1.1 101"),
+                "{}",
+                String::from_utf8_lossy(&answer)
+            );
+            open.push(stream);
+        }
+        for _ in 0..200 {
+            if core.conns.borrow().len() == 4 {
+                break;
+            }
+            monoio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut serials: Vec<u64> = core.conns.borrow().keys().map(|&id| conn_serial(id)).collect();
+        serials.sort_unstable();
+        assert_eq!(serials, [1, 2, 3, 4]);
+        assert!(core.pending_heads.borrow().is_empty(), "every head was read");
+    }
 }

@@ -60,8 +60,12 @@ pub struct Core {
     pub frames: RefCell<FrameBuilder>,
     pub redis: Links,
     pub conns: RefCell<HashMap<u64, Rc<Conn>>>,
-    /// Sockets still sending their HTTP request head, with their deadline.
-    pub pending_heads: RefCell<HashMap<u64, (RawFd, Instant)>>,
+    /// Sockets still sending their HTTP request head, by descriptor, with
+    /// their deadline. Not by connection id: a WebSocket connection takes its
+    /// id in `ws::serve`, and a second one drawn here made every WebSocket's
+    /// serial even, so the keepalive pinged only every other slot, each with
+    /// twice its share.
+    pub pending_heads: RefCell<HashMap<RawFd, Instant>>,
     next_conn: Cell<u64>,
     readiness: Arc<Readiness>,
     /// Connection limits, shared by every core.
@@ -94,7 +98,9 @@ impl Core {
         }
     }
 
-    /// A connection id unique across cores (the core index in the low bits).
+    /// A connection id unique across cores (the core index in the low bits):
+    /// one per WebSocket connection, drawn by `ws::serve` alone, so that
+    /// serials run 1, 2, 3... and fill the keepalive's ping slots evenly.
     pub fn next_conn_id(&self) -> u64 {
         let n = self.next_conn.get() + 1;
         self.next_conn.set(n);

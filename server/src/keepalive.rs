@@ -31,12 +31,12 @@ pub async fn run(core: Rc<Core>) {
         monoio::time::sleep(tick).await;
         let now = Instant::now();
         slot = (slot + 1) % slots;
-        core.pending_heads.borrow_mut().retain(|_, (fd, deadline)| {
+        core.pending_heads.borrow_mut().retain(|&fd, deadline| {
             if now < *deadline {
                 return true;
             }
             // Too slow to send its request head: the pending read ends with EOF.
-            shutdown(*fd, libc::SHUT_RDWR);
+            shutdown(fd, libc::SHUT_RDWR);
             false
         });
         // `keepalive` never touches the map, so it is walked in place.
