@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use feedgate_benches::{
-    data_entry, data_entry_1kib, entry_id, multi_field_entry, xread_reply, CHANNEL, JSON_100B, SUBSCRIBE_SINCE,
+    data_entry, data_entry_1kib, entry_id, multi_field_entry, multi_field_entry_1kib, xread_reply, CHANNEL, JSON_100B,
+    SUBSCRIBE_SINCE,
 };
 use feedgate_core::frame::{self, FrameBuilder};
 use std::rc::Rc;
@@ -57,6 +58,11 @@ fn frames(c: &mut Criterion) {
 
     let fields = multi_field_entry();
     group.bench_function("stream_6_fields", |b| {
+        b.iter(|| builder.stream_delivery(black_box(CHANNEL), black_box(id), black_box(&fields[..])))
+    });
+
+    let fields = multi_field_entry_1kib();
+    group.bench_function("stream_6_fields_1KiB", |b| {
         b.iter(|| builder.stream_delivery(black_box(CHANNEL), black_box(id), black_box(&fields[..])))
     });
 

@@ -44,6 +44,21 @@ pub fn data_entry_1kib() -> Vec<(Bytes, Bytes)> {
     vec![(Bytes::from_static(b"data"), Bytes::from(json_1kib()))]
 }
 
+/// A stream entry of six plain fields of about 170 bytes each (about 1 KiB,
+/// sent as a JSON object of strings: no JSON check).
+pub fn multi_field_entry_1kib() -> Vec<(Bytes, Bytes)> {
+    ["sym", "px", "qty", "side", "ts", "venue"]
+        .into_iter()
+        .enumerate()
+        .map(|(i, k)| {
+            (
+                Bytes::from_static(k.as_bytes()),
+                Bytes::from(format!("{i}-{}", "x".repeat(168))),
+            )
+        })
+        .collect()
+}
+
 /// A stream entry of six plain fields (sent as a JSON object of strings).
 pub fn multi_field_entry() -> Vec<(Bytes, Bytes)> {
     [
@@ -142,5 +157,105 @@ mod tests {
                 min_interval: None,
             }
         );
+    }
+}
+
+/// How many heap allocations the hot path's frames cost: each one is an
+/// allocator call on the core's thread, per message.
+#[cfg(test)]
+mod allocations {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    use feedgate_core::frame::{self, FrameBuilder};
+
+    use super::*;
+
+    /// The system allocator, counting the calls (alloc and realloc) of the
+    /// current thread, so tests running in parallel do not see each other's.
+    struct Counting;
+
+    thread_local! {
+        static CALLS: Cell<usize> = const { Cell::new(0) };
+    }
+
+    // SAFETY: every call is forwarded to `System` unchanged; the counter is a
+    // const-initialised thread-local `Cell`, which never allocates.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            let _ = CALLS.try_with(|c| c.set(c.get() + 1));
+            System.alloc(layout)
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            System.dealloc(ptr, layout)
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            let _ = CALLS.try_with(|c| c.set(c.get() + 1));
+            System.realloc(ptr, layout, new_size)
+        }
+    }
+
+    #[global_allocator]
+    static COUNTING: Counting = Counting;
+
+    /// Allocator calls made by `f` on this thread.
+    fn calls<T>(f: impl FnOnce() -> T) -> usize {
+        let before = CALLS.with(Cell::get);
+        let out = f();
+        let n = CALLS.with(Cell::get) - before;
+        drop(out);
+        n
+    }
+
+    /// simd-json's tape, one vector per check of a JSON value: outside the
+    /// frame's own work (core/src/payload.rs), counted once in each figure.
+    const JSON_CHECK: usize = 1;
+
+    #[test]
+    fn a_delivery_frame_costs_its_buffer_and_one_refcount() {
+        let mut b = FrameBuilder::new();
+        for fields in [data_entry(), data_entry_1kib()] {
+            // Warm the builder's scratch space for this size, as a core's is
+            // (simd-json grows its buffers again for a larger value after a
+            // smaller one).
+            b.stream_delivery(CHANNEL, entry_id(0), &fields);
+            // The buffer (never grown: it is sized for the payload), the
+            // shared refcount, and the JSON check.
+            assert_eq!(
+                calls(|| b.stream_delivery(CHANNEL, entry_id(1), &fields)),
+                2 + JSON_CHECK
+            );
+            // Shared by ten subscribers: clones cost no allocation.
+            let shared = calls(|| {
+                let f = b.stream_delivery(CHANNEL, entry_id(1), &fields);
+                [(); 10].map(|_| f.clone())
+            });
+            assert_eq!(shared, 2 + JSON_CHECK);
+        }
+        // Plain fields need no JSON check.
+        let fields = multi_field_entry();
+        assert_eq!(calls(|| b.stream_delivery(CHANNEL, entry_id(1), &fields)), 2);
+        assert_eq!(calls(|| b.pubsub_delivery(CHANNEL, JSON_100B)), 2 + JSON_CHECK);
+    }
+
+    #[test]
+    fn a_frame_for_one_connection_costs_one_allocation() {
+        assert_eq!(calls(|| frame::ping(b"fg")), 1);
+        assert_eq!(calls(|| frame::pong(b"fg")), 1);
+        assert_eq!(calls(|| frame::text(br#"{"type":"pong"}"#)), 1);
+        assert_eq!(calls(|| frame::close(1000, "bye")), 1);
+        // A clone, should it be shared after all, allocates the refcount then.
+        let f = frame::text(b"{}");
+        assert_eq!(calls(|| f.clone()), 1);
+    }
+
+    #[test]
+    fn the_json_check_allocates_once() {
+        let mut p = feedgate_core::payload::PayloadWriter::new();
+        p.is_json(JSON_100B);
+        assert_eq!(calls(|| p.is_json(JSON_100B)), JSON_CHECK);
+        let large = json_1kib();
+        p.is_json(&large);
+        assert_eq!(calls(|| p.is_json(&large)), JSON_CHECK);
     }
 }

@@ -1,7 +1,7 @@
 //! Server-to-client WebSocket frames (RFC 6455 section 5), built once into
 //! `Bytes` so that every subscriber shares one allocation.
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 
 use crate::payload::PayloadWriter;
 use crate::StreamId;
@@ -35,8 +35,10 @@ impl FrameBuilder {
         V: AsRef<[u8]>,
     {
         // Hot path: one buffer, header room reserved up front so the header is
-        // written in place and the frame is never copied after the body.
-        let mut buf = start_delivery(channel, 64);
+        // written in place and the frame is never copied after the body. It is
+        // sized for the payload too: a fixed guess made every payload over
+        // ~60 bytes grow the buffer, copying it (results/benches.md, `frame/`).
+        let mut buf = start_delivery(channel, stream_rest(id, fields));
         buf.extend_from_slice(b"\",\"id\":\"");
         id.write_to(&mut buf);
         buf.extend_from_slice(b"\",\"data\":");
@@ -47,7 +49,9 @@ impl FrameBuilder {
 
     /// The delivery frame of one pub/sub message: `{"ch":..,"data":..}`.
     pub fn pubsub_delivery(&mut self, channel: &str, body: &[u8]) -> Bytes {
-        let mut buf = start_delivery(channel, body.len() + 16);
+        // The body, and two quotes should it be sent as a string.
+        let rest = b"\",\"data\":".len() + body.len() + 2 + 1;
+        let mut buf = start_delivery(channel, rest);
         buf.extend_from_slice(b"\",\"data\":");
         self.payload.write_value(&mut buf, body);
         buf.push(b'}');
@@ -55,8 +59,38 @@ impl FrameBuilder {
     }
 }
 
-fn start_delivery(channel: &str, extra: usize) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(HEADER_ROOM + 32 + channel.len() + extra);
+/// Room for a stream delivery after its channel: `","id":"<id>","data":<payload>}`.
+fn stream_rest<F: AsRef<[u8]>, V: AsRef<[u8]>>(id: StreamId, fields: &[(F, V)]) -> usize {
+    b"\",\"id\":\"".len() + id_len(id) + b"\",\"data\":".len() + entry_room(fields) + 1
+}
+
+/// The length of `id` as text (`<ms>-<seq>`).
+fn id_len(id: StreamId) -> usize {
+    let digits = |n: u64| n.checked_ilog10().map_or(1, |d| d as usize + 1);
+    digits(id.ms) + 1 + digits(id.seq)
+}
+
+/// Room for the payload of an entry with `fields`: a `data` value as it is,
+/// with two quotes should it be sent as a string; else a JSON object of
+/// strings (`{"name":"value",...}`). A value that needs escaping may still
+/// grow the buffer once.
+fn entry_room<F: AsRef<[u8]>, V: AsRef<[u8]>>(fields: &[(F, V)]) -> usize {
+    match fields {
+        [(name, value)] if name.as_ref() == b"data" => value.as_ref().len() + 2,
+        _ => {
+            let each: usize = fields
+                .iter()
+                .map(|(n, v)| n.as_ref().len() + v.as_ref().len() + 6)
+                .sum();
+            each + 2
+        }
+    }
+}
+
+/// A delivery buffer holding its header room and `{"ch":"<channel>`, with
+/// room for the `rest` of the frame.
+fn start_delivery(channel: &str, rest: usize) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(HEADER_ROOM + b"{\"ch\":\"".len() + channel.len() + rest);
     buf.resize(HEADER_ROOM, 0);
     // Channel names are checked against PROTOCOL.md section 1, whose alphabet needs
     // no JSON escaping, so the name is spliced as it is.
@@ -134,7 +168,13 @@ fn finish(opcode: u8, mut buf: Vec<u8>) -> Bytes {
     };
     // FIN set, no RSV bits, and no mask bit: servers never mask (rfc6455 5.1).
     buf[start] = 0x80 | opcode;
-    Bytes::from(buf).slice(start..)
+    // `advance`, not `slice`: a slice is a clone, and cloning a `Bytes` made
+    // from a full `Vec` allocates its shared refcount at once. A frame sent to
+    // one connection (a reply, a ping, a close), sized exactly, then costs one
+    // allocation; a shared one pays for the refcount on its first clone.
+    let mut frame = Bytes::from(buf);
+    frame.advance(start);
+    frame
 }
 
 /// The body of a frame built here (test and bench helper): skips the header.
@@ -165,6 +205,36 @@ mod tests {
             body(&f),
             br#"{"ch":"md.BTC-USD","id":"1732700000000-0","data":{"px":101.5,"qty":3}}"#
         );
+    }
+
+    /// The buffer a delivery is built in never grows when its values need no
+    /// escaping: it holds the header room and the body, with two bytes spare
+    /// for a `data` value (quotes, had it not been JSON), one for an object
+    /// (the comma after its last field).
+    #[test]
+    fn a_delivery_buffer_is_sized_for_its_payload() {
+        let json_1k = format!("[{}1]", "1,".repeat(500));
+        let data = |v: &str| vec![("data".to_string(), v.to_string())];
+        type Fields = Vec<(String, String)>;
+        let cases: Vec<(StreamId, Fields, usize)> = vec![
+            (StreamId::new(1732700000000, 0), data(r#"{"px":101.5}"#), 2),
+            (StreamId::new(u64::MAX, u64::MAX), data(&json_1k), 2),
+            (StreamId::ZERO, data("plain text"), 0),
+            (
+                StreamId::new(9, 10),
+                vec![("a".into(), "1".into()), ("bb".into(), "22".into())],
+                1,
+            ),
+            (StreamId::new(1, 1), vec![], 0),
+        ];
+        let mut b = FrameBuilder::new();
+        for (id, fields, spare) in cases {
+            let f = b.stream_delivery("md.BTC-USD", id, &fields);
+            let room = HEADER_ROOM + b"{\"ch\":\"md.BTC-USD".len() + stream_rest(id, &fields);
+            assert_eq!(HEADER_ROOM + body(&f).len() + spare, room, "{id} {fields:?}");
+        }
+        let f = b.pubsub_delivery("ps.x", b"plain");
+        assert_eq!(body(&f).len(), b"{\"ch\":\"ps.x".len() + b"\",\"data\":".len() + 7 + 1);
     }
 
     #[test]
