@@ -20,7 +20,8 @@
 use std::hint::black_box;
 use std::rc::Rc;
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkGroup, Criterion, Throughput};
 
 // Its unit tests compile here too (benches build with cfg(test)) and go unused.
 #[allow(unused)]
@@ -76,74 +77,82 @@ fn sub(id: u64) -> Sub {
     }
 }
 
+/// A channel's subscriber table: the old `Vec`, or the hub's `Subs`.
+trait Table: Default {
+    fn add(&mut self, sub: Sub);
+    fn find(&mut self, id: u64) -> Option<&mut Sub>;
+    fn take(&mut self, id: u64);
+}
+
+/// The removed code: every lookup and removal scans the list.
+impl Table for Vec<Sub> {
+    fn add(&mut self, sub: Sub) {
+        self.push(sub);
+    }
+    fn find(&mut self, id: u64) -> Option<&mut Sub> {
+        self.iter_mut().find(|s| s.conn.id == id)
+    }
+    fn take(&mut self, id: u64) {
+        self.retain(|s| s.conn.id != id);
+    }
+}
+
+impl Table for Subs<Sub> {
+    fn add(&mut self, sub: Sub) {
+        self.insert(sub);
+    }
+    fn find(&mut self, id: u64) -> Option<&mut Sub> {
+        self.get_mut(id)
+    }
+    fn take(&mut self, id: u64) {
+        black_box(self.remove(id));
+    }
+}
+
+/// `leave_10000/<name>` and `join_10000/<name>` for table `T`.
+fn leave_and_join<T: Table>(group: &mut BenchmarkGroup<'_, WallTime>, name: &str, order: &[u64]) {
+    group.bench_function(format!("leave_10000/{name}"), |b| {
+        b.iter_batched(
+            || {
+                let mut subs = T::default();
+                ids().into_iter().for_each(|id| subs.add(sub(id)));
+                subs
+            },
+            |mut subs| {
+                for &id in order {
+                    subs.take(id);
+                }
+                subs
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    group.bench_function(format!("join_10000/{name}"), |b| {
+        b.iter_batched(
+            || ids().into_iter().map(sub).collect::<Vec<Sub>>(),
+            |new| {
+                let mut subs = T::default();
+                for s in new {
+                    let id = s.conn.id;
+                    subs.add(s);
+                    for _ in 0..4 {
+                        black_box(subs.find(id));
+                    }
+                }
+                subs
+            },
+            BatchSize::LargeInput,
+        )
+    });
+}
+
 fn leave(c: &mut Criterion) {
     let mut group = c.benchmark_group("hub");
     group.sample_size(10);
     group.throughput(Throughput::Elements(SUBSCRIBERS));
     let order = shuffled(ids());
-    group.bench_function("leave_10000/scan", |b| {
-        b.iter_batched(
-            || ids().into_iter().map(sub).collect::<Vec<Sub>>(),
-            |mut subs| {
-                for &id in &order {
-                    subs.retain(|s| s.conn.id != id);
-                }
-                subs
-            },
-            BatchSize::LargeInput,
-        )
-    });
-    group.bench_function("leave_10000/indexed", |b| {
-        b.iter_batched(
-            || {
-                let mut subs = Subs::default();
-                ids().into_iter().for_each(|id| subs.insert(sub(id)));
-                subs
-            },
-            |mut subs| {
-                for &id in &order {
-                    black_box(subs.remove(id));
-                }
-                subs
-            },
-            BatchSize::LargeInput,
-        )
-    });
-
-    group.bench_function("join_10000/scan", |b| {
-        b.iter_batched(
-            || ids().into_iter().map(sub).collect::<Vec<Sub>>(),
-            |new| {
-                let mut subs: Vec<Sub> = Vec::new();
-                for s in new {
-                    let id = s.conn.id;
-                    subs.push(s);
-                    for _ in 0..4 {
-                        black_box(subs.iter_mut().find(|s| s.conn.id == id));
-                    }
-                }
-                subs
-            },
-            BatchSize::LargeInput,
-        )
-    });
-    group.bench_function("join_10000/indexed", |b| {
-        b.iter_batched(
-            || ids().into_iter().map(sub).collect::<Vec<Sub>>(),
-            |new| {
-                let mut subs = Subs::default();
-                for s in new {
-                    let id = s.conn.id;
-                    subs.insert(s);
-                    for _ in 0..4 {
-                        black_box(subs.get_mut(id));
-                    }
-                }
-                subs
-            },
-            BatchSize::LargeInput,
-        )
-    });
+    leave_and_join::<Vec<Sub>>(&mut group, "scan", &order);
+    leave_and_join::<Subs<Sub>>(&mut group, "indexed", &order);
 
     // Fan-out touches each subscriber and its connection once.
     let mut list: Vec<Sub> = ids().into_iter().map(sub).collect();
