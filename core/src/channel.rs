@@ -101,6 +101,10 @@ pub struct Namespace {
     /// snapshots.
     #[serde(default)]
     pub key: Option<String>,
+    /// The write delay of connections subscribed here, overriding
+    /// `[limits] write_delay_us`.
+    #[serde(default)]
+    pub write_delay_us: Option<u64>,
 }
 
 /// The default namespace: streams, `disconnect`, no key.
@@ -109,6 +113,7 @@ static DEFAULT_NAMESPACE: Namespace = Namespace {
     source: Source::Stream,
     slow_consumer: SlowConsumer::Disconnect,
     key: None,
+    write_delay_us: None,
 };
 
 /// The configured namespaces; a channel belongs to the one with the longest
@@ -185,6 +190,7 @@ mod tests {
                 source: Source::Stream,
                 slow_consumer: SlowConsumer::Conflate,
                 key: Some("sym".into()),
+                write_delay_us: None,
             },
         ]);
         assert_eq!(ns.source_of("ps.x"), Source::Pubsub);

@@ -21,6 +21,8 @@ pub struct FileConfig {
     pub key_prefix: Option<String>,
     /// Log filter (`info`, `debug`, `feedgate=debug`...).
     pub log: Option<String>,
+    /// Cores never sleep in the kernel while idle (a latency mode for dedicated cores).
+    pub busy_poll: Option<bool>,
     #[serde(default)]
     pub limits: LimitsFile,
     #[serde(default)]
@@ -43,6 +45,8 @@ pub struct LimitsFile {
     pub max_ops_per_sec: Option<u32>,
     pub op_burst: Option<u32>,
     pub max_replays_per_core: Option<usize>,
+    pub write_delay_us: Option<u64>,
+    pub max_frames_per_write: Option<usize>,
 }
 
 /// Per-connection limits and timings, resolved.
@@ -74,7 +78,20 @@ pub struct Limits {
     /// Replays (`since`, `last`) a core runs at once; more wait their turn. With
     /// the replay window this bounds the history a core holds in memory.
     pub max_replays_per_core: usize,
+    /// How long a connection's writer waits after the first queued delivery
+    /// for more, to send them in one write; 0 sends at once.
+    pub write_delay_us: u64,
+    /// Most frames one write carries (at most [`MAX_FRAMES_PER_WRITE`]); a
+    /// batch that reaches it is written without waiting out the delay.
+    pub max_frames_per_write: usize,
 }
+
+/// The most frames one write may carry: Linux's `IOV_MAX`.
+pub const MAX_FRAMES_PER_WRITE: usize = 1024;
+
+/// The longest write delay accepted, in microseconds: past a second it is no
+/// longer batching but a stall.
+pub const MAX_WRITE_DELAY_US: u64 = 1_000_000;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -91,6 +108,8 @@ impl Default for Limits {
             max_ops_per_sec: 100,
             op_burst: 1024,
             max_replays_per_core: 64,
+            write_delay_us: 0,
+            max_frames_per_write: MAX_FRAMES_PER_WRITE,
         }
     }
 }
@@ -117,6 +136,7 @@ impl Limits {
             ("limits.max_ops_per_sec", u64::from(self.max_ops_per_sec)),
             ("limits.op_burst", u64::from(self.op_burst)),
             ("limits.max_replays_per_core", self.max_replays_per_core as u64),
+            ("limits.max_frames_per_write", self.max_frames_per_write as u64),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -126,8 +146,25 @@ impl Limits {
                 });
             }
         }
-        Ok(())
+        if self.max_frames_per_write > MAX_FRAMES_PER_WRITE {
+            return Err(BadValue {
+                key: "limits.max_frames_per_write",
+                reason: format!("must be at most {MAX_FRAMES_PER_WRITE} (IOV_MAX)"),
+            });
+        }
+        check_write_delay("limits.write_delay_us", self.write_delay_us)
     }
+}
+
+/// Checks a write delay (the `[limits]` one or a namespace's).
+pub fn check_write_delay(key: &'static str, delay_us: u64) -> Result<(), BadValue> {
+    if delay_us > MAX_WRITE_DELAY_US {
+        return Err(BadValue {
+            key,
+            reason: format!("must be at most {MAX_WRITE_DELAY_US} microseconds"),
+        });
+    }
+    Ok(())
 }
 
 /// A parsed `redis://` URL.

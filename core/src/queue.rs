@@ -462,6 +462,11 @@ impl OutQueue {
         self.live == 0
     }
 
+    /// Frames queued for the writer (a lane's pending `gap` not counted).
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
     /// Drops everything queued, throttled deliveries included.
     pub fn clear(&mut self) {
         self.head += self.slots.len() as u64;

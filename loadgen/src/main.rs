@@ -143,7 +143,8 @@ struct FanoutArgs {
     /// server's queue, not the kernel's buffers, takes the backlog [default: the kernel's].
     #[arg(long)]
     slow_rcvbuf: Option<usize>,
-    /// PID of the server, whose RSS is recorded before and after the run.
+    /// PID of the server, whose RSS is recorded before and after the run and
+    /// whose CPU time over the measured window is reported per delivery.
     #[arg(long)]
     server_pid: Option<u32>,
 }
@@ -177,6 +178,10 @@ struct SweepArgs {
     warmup: f64,
     #[arg(long, short = 'd', default_value_t = 5.0)]
     duration: f64,
+    /// PID of the server, whose CPU time over each step's window is reported
+    /// per delivery.
+    #[arg(long)]
+    server_pid: Option<u32>,
 }
 
 #[derive(Args)]
@@ -313,7 +318,7 @@ fn summary(step: &Step) -> String {
     format!(
         "offered {:.0} msg/s, published {} ({} errors); deliveries {} of {} expected, {:.0}/s in window\n\
          latency us: p50 {} p90 {} p99 {} p99.9 {} p99.99 {} max {} (n={})\n\
-         lost {} duplicated {} out-of-order {}{}",
+         lost {} duplicated {} out-of-order {}{}{}",
         step.rate_offered,
         step.published,
         step.publish_errors,
@@ -330,8 +335,18 @@ fn summary(step: &Step) -> String {
         step.lost,
         step.duplicated,
         step.out_of_order,
-        subset_summary(step)
+        subset_summary(step),
+        cpu_summary(step)
     )
+}
+
+/// The server CPU line, when `--server-pid` was given.
+fn cpu_summary(step: &Step) -> String {
+    match (step.server_cpu_s, step.server_cpu_us_per_delivery) {
+        (Some(s), Some(per)) => format!("\nserver cpu: {s:.2} s in window, {per:.2} us per delivery"),
+        (Some(s), None) => format!("\nserver cpu: {s:.2} s in window, no deliveries"),
+        _ => String::new(),
+    }
 }
 
 /// The line a non-exact delivery rule (or anything it counts) adds.
@@ -428,6 +443,7 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
         rcvbuf: args.slow_rcvbuf,
     };
     let mut session = open(t, &extras).await?;
+    session.server_pid = args.server_pid;
     let rss_before = rss(args.server_pid)?;
     let step = session
         .step(
@@ -486,6 +502,7 @@ async fn fanout(args: FanoutArgs) -> anyhow::Result<()> {
 async fn sweep(args: SweepArgs) -> anyhow::Result<()> {
     let t = &args.target;
     let mut session = open(t, &Extras::default()).await?;
+    session.server_pid = args.server_pid;
     let mut rate = args.start_rate;
     let mut best: Option<Step> = None;
     let mut steps = Vec::new();

@@ -80,6 +80,8 @@ pub struct Session {
     pub connections: usize,
     pub shared: Rc<Shared>,
     next_seq: Vec<u64>,
+    /// The server process whose CPU time each step measures over its window.
+    pub server_pid: Option<u32>,
 }
 
 /// What one measurement step saw.
@@ -113,8 +115,20 @@ pub struct Step {
     /// (connection, key) pairs whose newest message never arrived.
     pub keys_without_newest: u64,
     pub latency_us: Latency,
+    /// CPU seconds (user + system) the server used over the measured window,
+    /// and per delivery in it, in microseconds (with `--server-pid`).
+    pub server_cpu_s: Option<f64>,
+    pub server_cpu_us_per_delivery: Option<f64>,
     #[serde(skip)]
     pub hist: Histogram<u64>,
+}
+
+/// CPU seconds process `pid` used between the window's two instants.
+async fn cpu_over(pid: u32, (from, to): (Instant, Instant)) -> anyhow::Result<f64> {
+    monoio::time::sleep(from.saturating_duration_since(Instant::now())).await;
+    let before = crate::target::cpu_seconds(pid)?;
+    monoio::time::sleep(to.saturating_duration_since(Instant::now())).await;
+    Ok(crate::target::cpu_seconds(pid)? - before)
 }
 
 /// The spread of a per-connection figure.
@@ -215,6 +229,7 @@ impl Session {
             connections,
             shared,
             next_seq,
+            server_pid: None,
         })
     }
 
@@ -247,7 +262,15 @@ impl Session {
             maxlen: 100_000,
         };
         let seq_from = self.next_seq.clone();
+        let cpu = self.server_pid.map(|pid| {
+            let window = (start + warmup, start + warmup + duration);
+            monoio::spawn(cpu_over(pid, window))
+        });
         let outcome = publish_in_thread(plan, seq_from.clone()).await?;
+        let server_cpu_s = match cpu {
+            Some(probe) => Some(probe.await?),
+            None => None,
+        };
         self.next_seq = outcome.next_seq.clone();
         let channels = self.target.channels.len();
         let expected: u64 = (0..self.connections)
@@ -316,6 +339,10 @@ impl Session {
             gap_mismatches: total.gap_mismatches,
             keys_without_newest,
             latency_us: Latency::of(&hist),
+            server_cpu_s,
+            server_cpu_us_per_delivery: server_cpu_s
+                .filter(|_| in_window > 0)
+                .map(|s| s * 1e6 / in_window as f64),
             hist,
         })
     }

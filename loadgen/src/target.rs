@@ -96,9 +96,55 @@ pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
     Ok(kb * 1024)
 }
 
+/// CPU seconds (user + system, every thread) process `pid` has used, from
+/// `/proc/PID/stat` (clock-tick resolution, 10 ms on most kernels).
+pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| anyhow::anyhow!("cannot read /proc/{pid}/stat: {e}"))?;
+    cpu_seconds_of(&stat, clock_ticks_per_sec())
+}
+
+fn clock_ticks_per_sec() -> f64 {
+    // SAFETY: sysconf reads a constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as f64
+    } else {
+        100.0
+    }
+}
+
+/// utime + stime of a `/proc/PID/stat` line, in seconds. The command name (field
+/// 2) may hold spaces and parentheses, so fields are counted after its last `)`.
+fn cpu_seconds_of(stat: &str, ticks_per_sec: f64) -> anyhow::Result<f64> {
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| anyhow::anyhow!("malformed /proc stat line"))?;
+    // After the name: state (field 3) ... utime (14), stime (15).
+    let mut fields = rest.split_whitespace().skip(11);
+    let mut next = || -> anyhow::Result<f64> {
+        fields
+            .next()
+            .and_then(|f| f.parse::<u64>().ok())
+            .map(|t| t as f64 / ticks_per_sec)
+            .ok_or_else(|| anyhow::anyhow!("malformed /proc stat line"))
+    };
+    Ok(next()? + next()?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_time_is_utime_plus_stime_after_the_command_name() {
+        let line = "4242 (my (odd) server) S 1 2 3 4 5 6 7 8 9 10 250 150 0 0 20 0 3";
+        assert_eq!(cpu_seconds_of(line, 100.0).unwrap(), 4.0);
+        assert!(cpu_seconds_of("4242 (x) S 1 2", 100.0).is_err());
+        let own = cpu_seconds(std::process::id()).unwrap();
+        assert!(own >= 0.0);
+    }
 
     #[test]
     fn only_loopback_targets() {

@@ -70,6 +70,17 @@ pub struct Conn {
     linger: Cell<Option<(usize, Instant)>>,
     busy: Cell<bool>,
     last_seen: Cell<Instant>,
+    /// Write coalescing: how long the writer waits after a batch's first
+    /// delivery for more (the least `write_delay_us` of the namespaces this
+    /// connection subscribes to); zero writes at once.
+    write_delay: Cell<Duration>,
+    /// When the first delivery not yet written was queued.
+    batch_started: Cell<Option<Instant>>,
+    /// Something queued must go out without waiting out the delay: a reply, a
+    /// control frame, or frames left over from a full batch.
+    urgent: Cell<bool>,
+    /// Most frames one write carries.
+    max_frames: usize,
     /// Channels this connection holds.
     pub subs: RefCell<HashSet<Rc<str>>>,
     /// Set when the writer task has ended (the socket is written no more).
@@ -92,6 +103,10 @@ impl Conn {
             linger: Cell::new(None),
             busy: Cell::new(false),
             last_seen: Cell::new(Instant::now()),
+            write_delay: Cell::new(Duration::from_micros(limits.write_delay_us)),
+            batch_started: Cell::new(None),
+            urgent: Cell::new(false),
+            max_frames: limits.max_frames_per_write.clamp(1, MAX_IOVECS),
             subs: RefCell::new(HashSet::new()),
             writer_finished: Event::default(),
         }
@@ -117,9 +132,23 @@ impl Conn {
         self.last_seen.set(Instant::now());
     }
 
-    /// Queues a frame for the client. Hot path: a refcount bump and a queue
-    /// push; the writer is woken, never awaited.
+    /// Queues a delivery for the client, written within the write delay. Hot
+    /// path: a refcount bump and a queue push; the writer is woken, never awaited.
     pub fn send(&self, frame: Bytes) {
+        if self.state.get() != State::Open {
+            return;
+        }
+        let pushed = self.out.borrow_mut().push(frame);
+        if pushed.is_err() {
+            self.close(close_code::SLOW_CONSUMER, SLOW_CONSUMER_REASON);
+            return;
+        }
+        self.wake_for_delivery();
+    }
+
+    /// Queues a reply or control frame, written at once (with whatever
+    /// deliveries are queued before it).
+    pub fn send_now(&self, frame: Bytes) {
         if self.state.get() != State::Open {
             return;
         }
@@ -127,7 +156,48 @@ impl Conn {
             self.close(close_code::SLOW_CONSUMER, SLOW_CONSUMER_REASON);
             return;
         }
+        self.urgent.set(true);
         self.wake.notify();
+    }
+
+    /// Wakes the writer for a queued delivery. With a write delay, only the
+    /// batch's first delivery (the writer starts its wait) and the one that
+    /// fills it wake the writer: a wake-up per frame is the cost batching saves.
+    fn wake_for_delivery(&self) {
+        if self.write_delay.get().is_zero() {
+            self.wake.notify();
+        } else if self.batch_started.get().is_none() {
+            self.batch_started.set(Some(Instant::now()));
+            self.wake.notify();
+        } else if self.out.borrow().len() >= self.max_frames {
+            self.wake.notify();
+        }
+    }
+
+    /// Sets the write delay (a subscription changed which namespaces this
+    /// connection reads).
+    pub fn set_write_delay(&self, delay: Duration) {
+        if delay < self.write_delay.get() {
+            // A batch waiting for the old, longer delay is due sooner now.
+            self.wake.notify();
+        }
+        self.write_delay.set(delay);
+    }
+
+    /// The current write delay.
+    pub fn write_delay(&self) -> Duration {
+        self.write_delay.get()
+    }
+
+    /// When the writer should write the queued batch, if it should wait at all:
+    /// never for a reply, a full batch or a closing connection.
+    fn batch_due(&self, now: Instant) -> Option<Instant> {
+        let due = self.batch_started.get()? + self.write_delay.get();
+        let wait = due > now
+            && !self.urgent.get()
+            && self.state.get() == State::Open
+            && self.out.borrow().len() < self.max_frames;
+        wait.then_some(due)
     }
 
     /// Queues a delivery of a lane (a `drop_oldest`, `conflate` or throttled
@@ -140,7 +210,7 @@ impl Conn {
         let pushed = self.out.borrow_mut().push_delivery(lane, delivery, now);
         match pushed {
             Ok(pushed) => {
-                self.wake.notify();
+                self.wake_for_delivery();
                 Some(pushed)
             }
             Err(_) => {
@@ -157,7 +227,7 @@ impl Conn {
             return None;
         }
         let released = self.out.borrow_mut().release_due(lane, now);
-        self.wake.notify();
+        self.wake_for_delivery();
         released.unwrap_or_else(|_| {
             self.close(close_code::SLOW_CONSUMER, SLOW_CONSUMER_REASON);
             None
@@ -186,13 +256,13 @@ impl Conn {
 
     /// Queues a text frame holding `json`.
     pub fn send_json(&self, json: &[u8]) {
-        self.send(frame::text(json));
+        self.send_now(frame::text(json));
     }
 
     /// Queues a pong. Bounded like any frame, so a client that floods pings
     /// and never reads hits the slow-consumer limit instead of growing memory.
     pub fn send_pong(&self, payload: &[u8]) {
-        self.send(frame::pong(payload));
+        self.send_now(frame::pong(payload));
     }
 
     /// Marks an op as in progress: the reader is not reading meanwhile, so the
@@ -217,6 +287,7 @@ impl Conn {
         out.clear();
         out.push_unbounded(frame::close(code, reason));
         drop(out);
+        self.urgent.set(true);
         self.wake.notify();
     }
 
@@ -311,6 +382,31 @@ pub fn shutdown(fd: RawFd, how: libc::c_int) {
     }
 }
 
+/// Batches written on this core and the frames in them: how well writes are
+/// coalesced, logged when the core stops.
+#[derive(Default)]
+pub struct WriteStats {
+    batches: Cell<u64>,
+    frames: Cell<u64>,
+}
+
+impl WriteStats {
+    fn note(&self, frames: usize) {
+        self.batches.set(self.batches.get() + 1);
+        self.frames.set(self.frames.get() + frames as u64);
+    }
+
+    /// (batches, frames) written so far on this core.
+    pub fn totals(&self) -> (u64, u64) {
+        (self.batches.get(), self.frames.get())
+    }
+}
+
+thread_local! {
+    /// This core's write batches (one thread per core).
+    pub static WRITES: WriteStats = WriteStats::default();
+}
+
 /// Drains `conn`'s queue into `sink` until the connection is gone. Hot path:
 /// no timer per wake-up (pings come from the core's keepalive task), just a
 /// wait on the notify and one vectored write per batch.
@@ -322,8 +418,27 @@ pub async fn run_writer<W: AsyncWriteRent>(conn: Rc<Conn>, sink: W) {
 async fn write_until_done<W: AsyncWriteRent>(conn: &Conn, mut sink: W) {
     let mut frames = Frames::default();
     loop {
-        conn.out.borrow_mut().drain_into(frames.bufs_mut(), MAX_IOVECS);
+        if let Some(due) = conn.batch_due(Instant::now()) {
+            // Write coalescing: wait out the delay, unless a wake-up (a reply,
+            // a full batch, a close) makes the batch due sooner.
+            let wait = monoio::time::sleep(due.saturating_duration_since(Instant::now()));
+            monoio::select! {
+                _ = wait => {}
+                _ = conn.wake.wait() => {}
+            }
+            continue;
+        }
+        conn.batch_started.set(None);
+        // Under backlog batching grows by itself: what waited during the last
+        // write goes in this one, and what did not fit goes in the next at once.
+        let left_over = {
+            let mut out = conn.out.borrow_mut();
+            out.drain_into(frames.bufs_mut(), conn.max_frames);
+            !out.is_empty()
+        };
+        conn.urgent.set(left_over);
         if !frames.bufs_mut().is_empty() {
+            WRITES.with(|w| w.note(frames.bufs_mut().len()));
             let (result, back) = writev::write_all(&mut sink, frames, || conn.wrote.set(Instant::now())).await;
             frames = back;
             if result.is_err() {
@@ -372,6 +487,8 @@ impl Conn {
         if !self.busy.get() && now.duration_since(self.last_seen.get()) >= silence_limit {
             self.close(close_code::NORMAL, "ping timeout");
         } else {
+            // Not urgent: a ping may wait out a write delay with the batch it
+            // joins (the delay is far below the pong timeout).
             self.out.borrow_mut().push_unbounded(frame::ping(b"fg"));
             self.wake.notify();
         }

@@ -17,6 +17,7 @@
 
 mod accept;
 mod admission;
+mod busy_poll;
 mod conn;
 mod core;
 mod hub;

@@ -15,7 +15,8 @@ use signal_hook::iterator::Signals;
 
 use crate::accept::accept_loop;
 use crate::admission::Admission;
-use crate::conn::close_code;
+use crate::busy_poll;
+use crate::conn::{close_code, WriteStats, WRITES};
 use crate::core::{Core, Readiness};
 use crate::keepalive;
 use crate::listener;
@@ -159,6 +160,13 @@ fn run_core(
         redis::start(&core);
         monoio::spawn(keepalive::run(core.clone()));
         monoio::spawn(throttle::run(core.clone()));
+        if core.settings.busy_poll {
+            monoio::spawn(async move {
+                if let Err(e) = busy_poll::run(driver == "io_uring").await {
+                    tracing::warn!(core = index, error = %format!("{e:#}"), "busy poll stopped; the core parks while idle");
+                }
+            });
+        }
         let acceptor = monoio::spawn(accept_loop(core.clone(), listener));
         let _ = stop.await;
         core.shutdown.set();
@@ -171,6 +179,9 @@ fn run_core(
         while !core.conns.borrow().is_empty() && Instant::now() < deadline {
             monoio::time::sleep(Duration::from_millis(10)).await;
         }
+        let (batches, frames) = WRITES.with(WriteStats::totals);
+        let per_batch = if batches == 0 { 0.0 } else { frames as f64 / batches as f64 };
+        tracing::info!(core = index, batches, frames, per_batch = format!("{per_batch:.2}"), "frames written to clients");
         Ok(())
     })
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use feedgate_core::channel::{Namespace, Namespaces, SlowConsumer, Source};
-use feedgate_core::config::{BadValue, FileConfig, Limits, RedisUrl};
+use feedgate_core::config::{check_write_delay, BadValue, FileConfig, Limits, RedisUrl};
 
 /// Command-line flags; each also reads `FEEDGATE_<NAME>` from the environment.
 #[derive(Debug, Parser)]
@@ -72,6 +72,18 @@ pub struct Cli {
     /// Replays (`since`, `last`) one core runs at once; more wait their turn [default: 64].
     #[arg(long, env = "FEEDGATE_MAX_REPLAYS_PER_CORE", value_name = "N")]
     pub max_replays_per_core: Option<usize>,
+    /// Microseconds a connection's writer waits after the first queued delivery
+    /// for more, then sends them in one write; 0 writes at once [default: 0].
+    #[arg(long, env = "FEEDGATE_WRITE_DELAY_US", value_name = "US")]
+    pub write_delay_us: Option<u64>,
+    /// Most frames one write carries, 1 to 1024; a batch that reaches it goes
+    /// out without waiting out the write delay [default: 1024].
+    #[arg(long, env = "FEEDGATE_MAX_FRAMES_PER_WRITE", value_name = "N")]
+    pub max_frames_per_write: Option<usize>,
+    /// Cores never sleep in the kernel while idle: each spins, polling for I/O,
+    /// at 100 % CPU (for cores dedicated to feedgate) [default: off].
+    #[arg(long, env = "FEEDGATE_BUSY_POLL", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub busy_poll: Option<bool>,
     /// A namespace as PREFIX=SOURCE[:SLOW_CONSUMER[:KEY]] (source: stream or
     /// pubsub; slow consumer: disconnect, drop_oldest or conflate; key: the
     /// payload field naming the instrument); repeatable, or comma-separated in
@@ -106,6 +118,9 @@ const KNOWN_ENV: &[&str] = &[
     "FEEDGATE_MAX_OPS_PER_SEC",
     "FEEDGATE_OP_BURST",
     "FEEDGATE_MAX_REPLAYS_PER_CORE",
+    "FEEDGATE_WRITE_DELAY_US",
+    "FEEDGATE_MAX_FRAMES_PER_WRITE",
+    "FEEDGATE_BUSY_POLL",
     "FEEDGATE_NAMESPACES",
 ];
 
@@ -122,6 +137,8 @@ pub struct Settings {
     pub log: String,
     pub limits: Limits,
     pub namespaces: Namespaces,
+    /// Cores spin instead of parking while idle.
+    pub busy_poll: bool,
 }
 
 /// A setting that cannot be used; the message names its key.
@@ -201,6 +218,8 @@ impl Settings {
             max_ops_per_sec,
             op_burst,
             max_replays_per_core,
+            write_delay_us,
+            max_frames_per_write,
         );
         limits.validate()?;
         let namespaces = if cli.namespaces.is_empty() {
@@ -211,6 +230,11 @@ impl Settings {
                 .map(|s| parse_namespace(s))
                 .collect::<Result<_, _>>()?
         };
+        for namespace in &namespaces {
+            if let Some(delay) = namespace.write_delay_us {
+                check_write_delay("namespaces.write_delay_us", delay)?;
+            }
+        }
         Ok(Self {
             listen,
             redis,
@@ -220,6 +244,7 @@ impl Settings {
             log: cli.log.or(file.log).unwrap_or_else(|| "info".into()),
             limits,
             namespaces: Namespaces::new(namespaces),
+            busy_poll: cli.busy_poll.or(file.busy_poll).unwrap_or(false),
         })
     }
 
@@ -280,6 +305,7 @@ fn parse_namespace(text: &str) -> Result<Namespace, SettingsError> {
         source,
         slow_consumer,
         key,
+        write_delay_us: None,
     })
 }
 
@@ -348,6 +374,41 @@ mod tests {
             let err = Settings::resolve(cli(&["--namespace", bad])).unwrap_err().to_string();
             assert!(err.contains("namespaces"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn write_coalescing_settings_are_read_and_bounded() {
+        let s = Settings::resolve(cli(&["--write-delay-us", "2000", "--max-frames-per-write", "64"])).unwrap();
+        assert_eq!((s.limits.write_delay_us, s.limits.max_frames_per_write), (2000, 64));
+        assert!(!s.busy_poll);
+        assert!(Settings::resolve(cli(&["--busy-poll"])).unwrap().busy_poll);
+        let d = Settings::resolve(cli(&[])).unwrap();
+        assert_eq!((d.limits.write_delay_us, d.limits.max_frames_per_write), (0, 1024));
+        for (flag, value, key) in [
+            ("--max-frames-per-write", "0", "limits.max_frames_per_write"),
+            ("--max-frames-per-write", "1025", "limits.max_frames_per_write"),
+            ("--write-delay-us", "1000001", "limits.write_delay_us"),
+        ] {
+            let err = Settings::resolve(cli(&[flag, value])).unwrap_err().to_string();
+            assert!(err.contains(key), "{flag} {value}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_namespace_may_set_its_own_write_delay() {
+        let dir = std::env::temp_dir().join(format!("fg-settings-wd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        let ns = "[[namespaces]]\nprefix = \"md.\"\nwrite_delay_us = 500\n";
+        std::fs::write(&path, ns).unwrap();
+        let s = Settings::resolve(cli(&["--config", path.to_str().unwrap()])).unwrap();
+        assert_eq!(s.namespaces.of("md.x").write_delay_us, Some(500));
+        assert_eq!(s.namespaces.of("other").write_delay_us, None);
+        std::fs::write(&path, ns.replace("500", "2000000")).unwrap();
+        let err = Settings::resolve(cli(&["--config", path.to_str().unwrap()]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("namespaces.write_delay_us"), "{err}");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use feedgate_core::channel::Source;
+use feedgate_core::channel::{Namespace, Source};
 use feedgate_core::envelope::{self, StreamStart};
 use feedgate_core::error::ProtocolError;
 use feedgate_core::op::Start;
@@ -130,14 +130,39 @@ async fn try_subscribe(
     let how = How::new(namespace, min_interval);
     let (name, joined) = core.hub.borrow_mut().join(channel, &how, conn);
     conn.subs.borrow_mut().insert(name.clone());
+    let delay = write_delay_of(core, namespace);
+    if conn.subs.borrow().len() == 1 || delay < conn.write_delay() {
+        conn.set_write_delay(delay);
+    }
     let result = match source {
         Source::Stream => subscribe_stream(core, conn, req, &name, joined, start).await,
         Source::Pubsub => subscribe_pubsub(core, conn, req, &name, joined).await,
     };
     if result.is_err() {
         leave(core, conn, &name);
+        refresh_write_delay(core, conn);
     }
     result
+}
+
+/// The write delay of a namespace's subscribers: its own, or `[limits]`'s.
+fn write_delay_of(core: &Core, namespace: &Namespace) -> Duration {
+    let us = namespace.write_delay_us.unwrap_or(core.settings.limits.write_delay_us);
+    Duration::from_micros(us)
+}
+
+/// Sets `conn`'s write delay to the least of its namespaces' (after a
+/// subscription ended; a connection going away needs none).
+fn refresh_write_delay(core: &Core, conn: &Conn) {
+    let namespaces = &core.settings.namespaces;
+    let least = conn
+        .subs
+        .borrow()
+        .iter()
+        .map(|channel| write_delay_of(core, namespaces.of(channel)))
+        .min();
+    let default = Duration::from_micros(core.settings.limits.write_delay_us);
+    conn.set_write_delay(least.unwrap_or(default));
 }
 
 /// Waits until `name` is live on this core, setting it up when `joined` says
@@ -547,6 +572,7 @@ pub fn unsubscribe(core: &Rc<Core>, conn: &Rc<Conn>, req: Option<u64>, channel: 
         return;
     }
     leave(core, conn, channel);
+    refresh_write_delay(core, conn);
     conn.send_json(&envelope::unsubscribed(channel, req));
 }
 

@@ -899,6 +899,20 @@ impl Client {
             .expect("set read timeout");
     }
 
+    /// TCP segments this client's socket has received (`TCP_INFO`'s
+    /// `tcpi_segs_in`): on loopback, one per server write that fits a segment.
+    pub fn segments_in(&self) -> u32 {
+        use std::os::fd::AsRawFd;
+        // SAFETY: all-zero is a valid tcp_info (plain integers).
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let fd = self.ws.get_ref().as_raw_fd();
+        // SAFETY: getsockopt writes at most `len` bytes into `info`.
+        let rc = unsafe { libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, (&raw mut info).cast(), &mut len) };
+        assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+        info.tcpi_segs_in
+    }
+
     /// A fresh `req` number.
     pub fn next_req(&mut self) -> u64 {
         self.next_req += 1;
