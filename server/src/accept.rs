@@ -237,7 +237,10 @@ async fn serve_http(core: Rc<Core>, mut stream: TcpStream, ticket: Ticket) {
         Route::Upgrade { accept } => {
             let (result, _) = stream.write_all(http::switching_protocols(&accept)).await;
             if result.is_ok() {
-                let leftover = buf.split_off(len);
+                // A copy of the few bytes after the head, so the head's buffer
+                // is freed instead of living as long as the connection.
+                let leftover = BytesMut::from(&buf[len..]);
+                drop(buf);
                 ws::serve(core, stream, leftover, ticket).await;
             }
             return;
