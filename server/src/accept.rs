@@ -241,7 +241,9 @@ async fn serve_http(core: Rc<Core>, mut stream: TcpStream, ticket: Ticket) {
                 // is freed instead of living as long as the connection.
                 let leftover = BytesMut::from(&buf[len..]);
                 drop(buf);
-                ws::serve(core, stream, leftover, ticket).await;
+                // A task of its own: this one's state (the head, the response)
+                // is freed now instead of living inside every connection.
+                monoio::spawn(ws::serve(core, stream, leftover, ticket));
             }
             return;
         }

@@ -2,6 +2,7 @@
 //! (`ws_decode`), judged by `Inbound`, and ops handled one at a time, in order,
 //! so replies keep the order of requests.
 
+use std::future::Future;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -12,7 +13,7 @@ use feedgate_core::op::{self, Op};
 use feedgate_core::rate::{OpRate, Verdict};
 use feedgate_core::ws_decode::{self, Decoded};
 use feedgate_core::ErrorCode;
-use monoio::io::Splitable;
+use monoio::io::{OwnedReadHalf, Splitable};
 use monoio::net::TcpStream;
 use std::os::fd::AsRawFd;
 
@@ -30,9 +31,16 @@ const CLOSING_READ_LIMIT: usize = 64 * 1024;
 /// Serves an upgraded connection until it closes. `leftover` holds bytes that
 /// arrived after the HTTP request head; `ticket` counts it against the
 /// connection limits while it lives.
-pub async fn serve(core: Rc<Core>, stream: TcpStream, leftover: BytesMut, ticket: Ticket) {
-    let limits = core.settings.limits;
-    let conn = Rc::new(Conn::new(core.next_conn_id(), stream.as_raw_fd(), &limits));
+///
+/// Not an `async fn`: the setup runs before the task is spawned, so the
+/// task's state machine holds neither the stream nor the setup's locals for
+/// the connection's whole life (an `async fn` keeps room for its arguments).
+pub fn serve(core: Rc<Core>, stream: TcpStream, leftover: BytesMut, ticket: Ticket) -> impl Future<Output = ()> {
+    let conn = Rc::new(Conn::new(
+        core.next_conn_id(),
+        stream.as_raw_fd(),
+        &core.settings.limits,
+    ));
     core.conns.borrow_mut().insert(conn.id, conn.clone());
     tracing::debug!(conn = conn.id, "websocket open");
     let (rd, wr) = stream.into_split();
@@ -49,7 +57,11 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, leftover: BytesMut, ticket
         // The upgrade completed during the drain: it is closed like the rest.
         conn.close(close_code::GOING_AWAY, "server shutting down");
     }
+    run(core, conn, rd, leftover, ticket)
+}
 
+/// Reads the connection until it is over, then takes it off the core.
+async fn run(core: Rc<Core>, conn: Rc<Conn>, rd: OwnedReadHalf<TcpStream>, leftover: BytesMut, ticket: Option<Ticket>) {
     // SAFETY: the read half and the writer's write half share one stream in an
     // `UnsafeCell`, as monoio's own split does; the stream is only read here
     // (a readiness poll and the fd), and the writer only copies its fd into
@@ -103,8 +115,8 @@ enum Next {
 /// its own (`pending`) only for a frame that has not fully arrived, or for
 /// frames that came behind an op still running, and frees them once used.
 async fn read_ops(core: &Rc<Core>, conn: &Rc<Conn>, stream: &TcpStream, mut pending: BytesMut) {
-    let limits = core.settings.limits;
-    let max = limits.max_message_bytes;
+    let max = core.settings.limits.max_message_bytes;
+    let limits = &core.settings.limits;
     let mut inbound = Inbound::new(max);
     let mut rate = OpRate::new(limits.max_ops_per_sec, limits.op_burst, Instant::now());
     while conn.is_open() {
