@@ -2,11 +2,10 @@
 //! masking, control frames, close codes and the reassembly of fragmented text
 //! messages, decided without a socket so it is unit-tested and fuzzed.
 //!
-//! The server reads frame headers with fastwebsockets (which refuses reserved
-//! bits, reserved opcodes, fragmented control frames and lengths over the
-//! message limit before reading a payload) and hands every frame here, with
-//! fastwebsockets' own automatic pong and close turned off: it answered
-//! unmasked pings before any mask check could run.
+//! The server cuts frames out of received bytes with [`ws_decode`](crate::ws_decode)
+//! (which refuses reserved bits, reserved opcodes, fragmented control frames,
+//! control frames over 125 bytes and lengths over the message limit before
+//! buffering a payload) and hands every frame here.
 
 /// The most bytes a control frame may carry.
 //= rfc6455#section-5.5
@@ -35,13 +34,30 @@ pub enum Opcode {
 }
 
 impl Opcode {
-    fn is_control(self) -> bool {
+    /// The opcode of the low four bits of a frame's first byte; `None` for a
+    /// reserved one.
+    //= rfc6455#section-5.2
+    //# Opcode:  4 bits
+    pub fn from_bits(bits: u8) -> Option<Self> {
+        Some(match bits {
+            0x0 => Opcode::Continuation,
+            0x1 => Opcode::Text,
+            0x2 => Opcode::Binary,
+            0x8 => Opcode::Close,
+            0x9 => Opcode::Ping,
+            0xA => Opcode::Pong,
+            _ => return None,
+        })
+    }
+
+    /// Whether this is a control frame (close, ping, pong).
+    pub fn is_control(self) -> bool {
         matches!(self, Opcode::Close | Opcode::Ping | Opcode::Pong)
     }
 }
 
 /// One frame as read off the socket, payload unmasked.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InFrame<'a> {
     pub fin: bool,
     pub opcode: Opcode,
@@ -55,15 +71,7 @@ impl<'a> InFrame<'a> {
     //= rfc6455#section-5.2
     //# FIN:  1 bit ... Opcode:  4 bits ... Mask:  1 bit
     pub fn from_head(head: [u8; 2], payload: &'a [u8]) -> Option<Self> {
-        let opcode = match head[0] & 0x0F {
-            0x0 => Opcode::Continuation,
-            0x1 => Opcode::Text,
-            0x2 => Opcode::Binary,
-            0x8 => Opcode::Close,
-            0x9 => Opcode::Ping,
-            0xA => Opcode::Pong,
-            _ => return None,
-        };
+        let opcode = Opcode::from_bits(head[0] & 0x0F)?;
         Some(Self {
             fin: head[0] & 0x80 != 0,
             opcode,

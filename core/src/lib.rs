@@ -6,6 +6,7 @@
 //! - [`frame`]: server-to-client WebSocket frames, built once into `Bytes`.
 //! - [`envelope`]: the JSON of deliveries, replies and errors.
 //! - [`http`]: HTTP/1.1 request heads, routes and the WebSocket handshake.
+//! - [`ws_decode`]: client frames cut out of received bytes (RFC 6455 section 5.2).
 //! - [`inbound`]: what to do with each frame a client sends (RFC 6455).
 //! - [`op`]: parsing client ops into [`op::Op`].
 //! - [`json_guard`]: the depth and escape checks run on client JSON before parsing.
@@ -35,6 +36,7 @@ pub mod replay;
 pub mod resp;
 pub mod retention;
 pub mod stream_id;
+pub mod ws_decode;
 
 pub use error::ErrorCode;
 pub use stream_id::StreamId;

@@ -25,15 +25,15 @@ fn strict_payload(data: &[u8]) -> String {
 /// A target's check: panics on a broken property, else returns the outcome.
 type Check = fn(&[u8]) -> String;
 
-/// The targets whose whole path runs without the fuzz crate's dependencies.
-/// `ws_read` also needs fastwebsockets: its inputs replay with
-/// `cargo +nightly fuzz run ws_read fuzz/regressions/ws_read/<input>`.
+/// Every fuzz target: each one's whole path runs without the fuzz crate's
+/// dependencies.
 const TARGETS: &[(&str, Check)] = &[
     ("op_parse", strict_op_parse),
     ("http_head", checks::http_head),
     ("resp_decode", checks::resp_decode),
     ("payload", strict_payload),
     ("payload_key", checks::payload_key),
+    ("ws_read", checks::ws_read),
 ];
 
 fn regressions() -> PathBuf {
@@ -91,15 +91,36 @@ fn saved_crashing_inputs_behave_as_documented() {
 }
 
 #[test]
-fn every_input_is_documented_and_ws_read_has_none_untested() {
-    for target in ["op_parse", "http_head", "resp_decode", "payload", "ws_read"] {
-        let listed = inputs(target);
-        // ws_read inputs cannot be replayed here (see TARGETS).
+fn every_folder_of_inputs_belongs_to_a_replayed_target() {
+    for entry in fs::read_dir(regressions()).unwrap() {
+        let path = entry.unwrap().path();
+        if !path.is_dir() {
+            continue;
+        }
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
         assert!(
-            target != "ws_read" || listed.is_empty(),
-            "ws_read regressions need fastwebsockets in core's dev-dependencies to replay here"
+            TARGETS.iter().any(|&(target, _)| target == name),
+            "fuzz/regressions/{name} is not replayed by any target"
         );
+        // Every input has its outcome documented (`inputs` panics otherwise).
+        inputs(&name);
     }
+}
+
+/// `ws_read` outcomes of hand-made inputs, so the replayed check is seen to
+/// tell the cases apart.
+#[test]
+fn ws_read_outcomes_name_what_ended_the_connection() {
+    let masked_ping = [0x89, 0x80, 1, 2, 3, 4];
+    assert_eq!(checks::ws_read(&masked_ping), "0 messages, eof with 0 bytes held");
+    assert_eq!(checks::ws_read(&[0x89, 0x80, 1]), "0 messages, eof with 3 bytes held");
+    assert_eq!(checks::ws_read(&[0xC1, 0x80]), "0 messages, refuse 1002");
+    assert_eq!(
+        checks::ws_read(&[0x81, 0x7F, 0x80, 0, 0, 0, 0, 0, 0, 0]),
+        "0 messages, refuse 1009"
+    );
+    assert_eq!(checks::ws_read(&[0x88, 0x80, 0, 0, 0, 0]), "0 messages, echo 1000");
+    assert_eq!(checks::ws_read(&[0x81, 0x01, b'x']), "0 messages, fail 1002");
 }
 
 /// Findings reported and not fixed yet: reports which still fail and which

@@ -17,6 +17,7 @@ use feedgate_core::inbound::{Action, InFrame, Inbound};
 use feedgate_core::op::{self, Op};
 use feedgate_core::payload::PayloadWriter;
 use feedgate_core::resp;
+use feedgate_core::ws_decode::{self, Decoded};
 use feedgate_core::StreamId;
 
 /// The message limit the server runs with (`limits.max_message_bytes`).
@@ -240,8 +241,65 @@ fn check_delivery<'a>(f: &'a [u8], channel: &str, tolerate_pending: bool) -> &'a
     body
 }
 
-/// `ws_read`, after fastwebsockets has read a frame: one step of the server's
-/// inbound policy. `Some(outcome)` ends the connection.
+/// `ws_read`: the server's WebSocket read path without a socket. The input
+/// arrives in pieces of varying size (as `recv` hands it over), is decoded
+/// the way server/src/ws.rs does (`ws_decode::decode` over the bytes held, the
+/// tail of a partial frame kept for the next piece), and every frame goes to
+/// the inbound policy. The outcome must not depend on how the input was cut:
+/// it is checked against the same input handed over whole.
+pub fn ws_read(data: &[u8]) -> String {
+    let pieced = ws_read_in_pieces(data, |reads| 1 + (reads * 7919) % 97);
+    let whole = ws_read_in_pieces(data, |_| usize::MAX);
+    assert_eq!(pieced, whole, "the outcome depends on how the input was cut");
+    pieced
+}
+
+/// [`ws_read`] with the input cut into pieces of `piece(n)` bytes for the
+/// n-th receive.
+pub fn ws_read_in_pieces(data: &[u8], piece: impl Fn(usize) -> usize) -> String {
+    let mut inbound = Inbound::new(MAX_MESSAGE);
+    let mut messages = 0;
+    let mut held: Vec<u8> = Vec::new();
+    let mut rest = data;
+    let mut reads = 0;
+    loop {
+        let mut used = 0;
+        loop {
+            let left = held.len() - used;
+            match ws_decode::decode(&mut held[used..], MAX_MESSAGE) {
+                Ok(Decoded::Incomplete) => break,
+                Ok(Decoded::Frame { frame, len }) => {
+                    assert!(len <= left, "a frame past the bytes held");
+                    used += len;
+                    if let Some(outcome) = ws_step(&mut inbound, frame, &mut messages) {
+                        return outcome;
+                    }
+                }
+                Err(e) => {
+                    let code = e.close_code();
+                    assert!(code == 1002 || code == 1009, "{e}: close code {code}");
+                    return format!("{messages} messages, refuse {code}");
+                }
+            }
+        }
+        held.drain(..used);
+        assert!(
+            held.len() <= ws_decode::MAX_HEADER + MAX_MESSAGE,
+            "{} bytes held for a partial frame",
+            held.len()
+        );
+        if rest.is_empty() {
+            return format!("{messages} messages, eof with {} bytes held", held.len());
+        }
+        reads += 1;
+        let n = piece(reads).min(rest.len());
+        held.extend_from_slice(&rest[..n]);
+        rest = &rest[n..];
+    }
+}
+
+/// `ws_read`, once a frame is decoded: one step of the server's inbound
+/// policy. `Some(outcome)` ends the connection.
 pub fn ws_step(inbound: &mut Inbound, frame: InFrame<'_>, messages: &mut usize) -> Option<String> {
     match inbound.on_frame(frame) {
         Action::Message(text) => {

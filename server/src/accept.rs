@@ -238,8 +238,13 @@ async fn serve_http(core: Rc<Core>, mut stream: TcpStream, ticket: Ticket) {
         Route::Upgrade { accept } => {
             let (result, _) = stream.write_all(http::switching_protocols(&accept)).await;
             if result.is_ok() {
-                let leftover = buf.split_off(len);
-                ws::serve(core, stream, leftover, ticket).await;
+                // A copy of the few bytes after the head, so the head's buffer
+                // is freed instead of living as long as the connection.
+                let leftover = BytesMut::from(&buf[len..]);
+                drop(buf);
+                // A task of its own: this one's state (the head, the response)
+                // is freed now instead of living inside every connection.
+                monoio::spawn(ws::serve(core, stream, leftover, ticket));
             }
             return;
         }

@@ -18,6 +18,7 @@ use crate::admission::Admission;
 use crate::conn::Conn;
 use crate::hub::Hub;
 use crate::notify::{Event, Slots};
+use crate::reader::Scratch;
 use crate::redis::Links;
 use crate::settings::Settings;
 
@@ -75,6 +76,8 @@ pub struct Core {
     /// What the slow-consumer policies and `max_rate` did on this core, for
     /// `/metrics`: folded in from each connection by the keepalive.
     pub counts: RefCell<Counts>,
+    /// The buffer every WebSocket client of this core is read into.
+    pub scratch: Scratch,
     pub shutdown: Event,
 }
 
@@ -94,6 +97,7 @@ impl Core {
             next_conn: Cell::new(0),
             readiness,
             admission,
+            scratch: Scratch::default(),
             shutdown: Event::default(),
         }
     }

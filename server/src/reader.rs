@@ -1,16 +1,14 @@
-//! Reading from monoio sockets into growable buffers, and the bridge that lets
-//! fastwebsockets (written against tokio's `AsyncRead`) read a monoio socket.
+//! Reading from monoio sockets: into growable buffers (HTTP heads, Redis), and
+//! into the core's one read buffer (WebSocket clients).
 
 use std::cell::RefCell;
-use std::future::Future;
 use std::io;
-use std::pin::Pin;
-use std::rc::Rc;
-use std::task::{Context, Poll};
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use monoio::buf::IoBufMut;
 use monoio::io::AsyncReadRent;
+use monoio::net::TcpStream;
+use std::os::fd::AsRawFd;
 
 /// Reads once into the spare capacity of `buf`, appending (monoio reads into
 /// an owned buffer from its start, so the spare part is passed as a slice).
@@ -25,86 +23,59 @@ pub async fn read_more<R: AsyncReadRent>(
     (result, slice.into_inner())
 }
 
-/// A read half shared between the WebSocket reader and the code that drains the
-/// socket after a protocol error (fastwebsockets keeps its stream to itself).
-pub type SharedHalf<R> = Rc<RefCell<Option<R>>>;
+/// Bytes of the core's read buffer: one `recv` takes at most this much.
+pub const SCRATCH_BYTES: usize = 64 * 1024;
 
-type ReadFuture<R> = Pin<Box<dyn Future<Output = (io::Result<usize>, BytesMut, R)>>>;
+/// The buffer every WebSocket client of a core is read into, one at a time,
+/// so an idle connection owns no read buffer (docs/architecture.md, "Memory
+/// per connection"). Borrowed only between awaits, never across one.
+pub struct Scratch(RefCell<Box<[u8]>>);
 
-/// tokio `AsyncRead` over a monoio read half. Costs one copy of inbound bytes,
-/// which are control ops only (the hot path is outbound).
-pub struct PollReader<R> {
-    half: SharedHalf<R>,
-    buf: BytesMut,
-    in_flight: Option<ReadFuture<R>>,
+impl Default for Scratch {
+    fn default() -> Self {
+        Self(RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice()))
+    }
 }
 
-impl<R: AsyncReadRent + 'static> PollReader<R> {
-    /// Reads `half`, serving `leftover` (bytes that came with the HTTP head) first.
-    pub fn new(half: SharedHalf<R>, leftover: BytesMut) -> Self {
-        Self {
-            half,
-            buf: leftover,
-            in_flight: None,
+impl Scratch {
+    /// The buffer, filled by the last [`recv_ready`] up to what it returned.
+    pub fn borrow_mut(&self) -> std::cell::RefMut<'_, Box<[u8]>> {
+        self.0.borrow_mut()
+    }
+}
+
+/// Waits until `stream` has bytes (or EOF), then takes what it holds into
+/// `scratch`: `Ok(0)` is EOF. The caller must use the bytes before its next
+/// await, since another connection's read overwrites them.
+///
+/// The wait is a readiness poll, not a read: a read in flight would need a
+/// buffer of its own per connection, and a cancelled io_uring read can lose
+/// bytes (shared/TRAPS.md), while a poll owns nothing and loses nothing. Not
+/// `relaxed`: the epoll driver must check readiness itself, since the bytes
+/// are taken with `recv(2)` behind its back.
+pub async fn recv_ready(stream: &TcpStream, scratch: &Scratch) -> io::Result<usize> {
+    loop {
+        // Bound first: a borrow in the `match` would be held across the await.
+        let received = recv_now(stream, &mut scratch.borrow_mut());
+        match received {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.readable(false).await?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            done => return done,
         }
     }
 }
 
-impl<R: AsyncReadRent + 'static> tokio::io::AsyncRead for PollReader<R> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        out: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        loop {
-            if !this.buf.is_empty() {
-                let n = this.buf.len().min(out.remaining());
-                out.put_slice(&this.buf[..n]);
-                this.buf.advance(n);
-                return Poll::Ready(Ok(()));
-            }
-            if this.in_flight.is_none() {
-                let Some(mut half) = this.half.borrow_mut().take() else {
-                    return Poll::Ready(Ok(())); // taken away: EOF
-                };
-                let buf = std::mem::take(&mut this.buf);
-                this.in_flight = Some(Box::pin(async move {
-                    let (result, buf) = read_more(&mut half, buf, 4096).await;
-                    (result, buf, half)
-                }));
-            }
-            let Some(fut) = this.in_flight.as_mut() else {
-                unreachable!("a read was just started")
-            };
-            let (result, buf, half) = match fut.as_mut().poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(done) => done,
-            };
-            this.in_flight = None;
-            this.buf = buf;
-            *this.half.borrow_mut() = Some(half);
-            match result {
-                Ok(0) => return Poll::Ready(Ok(())),
-                Ok(_) => {}
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
-    }
-}
-
-/// The write side fastwebsockets' split API insists on; the server writes
-/// through its own queue and never uses it.
-pub struct NoWrite;
-
-impl tokio::io::AsyncWrite for NoWrite {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, _: &[u8]) -> Poll<io::Result<usize>> {
-        Poll::Ready(Err(io::ErrorKind::Unsupported.into()))
-    }
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
+/// One non-blocking `recv(2)` into `buf`.
+fn recv_now(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of its whole length for the duration
+    // of the call; `recv` writes at most that many bytes into it.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }

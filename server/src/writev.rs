@@ -14,6 +14,12 @@ use monoio::io::AsyncWriteRent;
 pub const MAX_IOVECS: usize = 1024;
 
 /// Frames being written, with an iovec array that points into them.
+///
+/// Empty, allocating nothing until the first write: an idle connection's
+/// writer holds no frames, and 16 slots each (768 bytes) reserved up front
+/// were a sixth of what an idle connection cost. The vectors grow on the
+/// first batches and are reused after.
+#[derive(Default)]
 pub struct Frames {
     bufs: Vec<Bytes>,
     iovecs: Vec<libc::iovec>,
@@ -30,15 +36,6 @@ unsafe impl IoVecBuf for Frames {
 
     fn read_iovec_len(&self) -> usize {
         self.iovecs.len()
-    }
-}
-
-impl Default for Frames {
-    fn default() -> Self {
-        Self {
-            bufs: Vec::with_capacity(16),
-            iovecs: Vec::with_capacity(16),
-        }
     }
 }
 
