@@ -164,7 +164,8 @@ impl Conn {
         if self.write_delay.get().is_zero() {
             self.wake.notify();
         } else if self.batch_started.get().is_none() {
-            self.batch_started.set(Some(Instant::now()));
+            let since = DELIVERY_EPOCH.with(Cell::get).unwrap_or_else(Instant::now);
+            self.batch_started.set(Some(since));
             self.wake.notify();
         } else if self.out.borrow().len() >= self.max_frames {
             self.wake.notify();
@@ -402,6 +403,20 @@ impl WriteStats {
 thread_local! {
     /// This core's write batches (one thread per core).
     pub static WRITES: WriteStats = WriteStats::default();
+    /// While the stream reader fans out a read it delayed (read coalescing),
+    /// when its entries can have reached Redis at the earliest: their write
+    /// delay counts from then, so the read's wait and the write's add up to
+    /// the delay, not twice it.
+    static DELIVERY_EPOCH: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// Runs `deliver` (a synchronous fan-out) with deliveries' write delay
+/// counted from `arrived_after` rather than from now.
+pub fn deliveries_arrived_after<T>(arrived_after: Option<Instant>, deliver: impl FnOnce() -> T) -> T {
+    DELIVERY_EPOCH.with(|e| e.set(arrived_after));
+    let out = deliver();
+    DELIVERY_EPOCH.with(|e| e.set(None));
+    out
 }
 
 /// Drains `conn`'s queue into `sink` until the connection is gone. Hot path:

@@ -183,3 +183,86 @@ fn a_namespace_sets_its_own_write_delay() {
         sent.elapsed()
     );
 }
+
+/// Entries XADDed every `every` by a thread; returns when each was added.
+fn produce(redis: &Redis, key: &str, n: usize, every: Duration) -> thread::JoinHandle<Vec<Instant>> {
+    let mut con = redis.conn();
+    let key = key.to_owned();
+    thread::spawn(move || {
+        (0..n)
+            .map(|i| {
+                thread::sleep(every);
+                xadd_data(&mut con, &key, format!("{{\"i\":{i}}}").as_bytes());
+                Instant::now()
+            })
+            .collect()
+    })
+}
+
+/// Receives `n` deliveries of `{"i": k}` in order; returns when each came.
+fn receive_in_order(client: &mut Client, n: usize) -> Vec<Instant> {
+    (0..n)
+        .map(|i| {
+            let frame = client.recv_json();
+            assert_eq!(frame["data"], json!({ "i": i }), "{frame}");
+            Instant::now()
+        })
+        .collect()
+}
+
+#[test]
+fn a_write_delay_also_spaces_the_stream_reads_within_the_same_delay() {
+    let (redis, fg) = start(&[("write-delay-us", "300000")], "");
+    let mut client = fg.connect();
+    client.sub("rc.a");
+    let mut con = redis.conn();
+    let before = xread_calls(&mut con);
+    // 30 entries 10 ms apart: read as they come, that is 30 reads or more.
+    let producer = produce(&redis, "rc.a", 30, Duration::from_millis(10));
+    let received = receive_in_order(&mut client, 30);
+    let added = producer.join().expect("producer");
+    let reads = xread_calls(&mut con) - before;
+    assert!(
+        reads <= 12,
+        "30 entries over 300 ms took {reads} XREADs with a 300 ms write delay"
+    );
+    let worst = added
+        .iter()
+        .zip(&received)
+        .map(|(a, r)| r.saturating_duration_since(*a))
+        .max();
+    let worst = worst.expect("30 entries");
+    assert!(
+        worst < Duration::from_millis(450),
+        "an entry waited {worst:?} with a 300 ms write delay"
+    );
+}
+
+#[test]
+fn a_delay_free_channel_keeps_the_reads_unspaced() {
+    let config = "[[namespaces]]\nprefix = \"slow.\"\nwrite_delay_us = 300000\n";
+    let (redis, fg) = start(&[], config);
+    let mut slow = fg.connect();
+    slow.sub("slow.a");
+    let mut fast = fg.connect();
+    fast.sub("fast.a");
+    let mut con = redis.conn();
+    let before = xread_calls(&mut con);
+    let producer = produce(&redis, "fast.a", 20, Duration::from_millis(10));
+    let received = receive_in_order(&mut fast, 20);
+    let added = producer.join().expect("producer");
+    let reads = xread_calls(&mut con) - before;
+    assert!(
+        reads >= 15,
+        "20 entries 10 ms apart took only {reads} XREADs with a delay-free channel live"
+    );
+    let worst = added
+        .iter()
+        .zip(&received)
+        .map(|(a, r)| r.saturating_duration_since(*a))
+        .max();
+    assert!(
+        worst.expect("20") < Duration::from_millis(200),
+        "a delay-free delivery waited {worst:?}"
+    );
+}

@@ -366,16 +366,6 @@ fn numsub(con: &mut redis::Connection, channel: &str) -> i64 {
     n
 }
 
-/// How many XREADs Redis has been sent (`INFO commandstats`); Redis 7.0 counts
-/// a blocking XREAD when it is issued.
-fn xread_calls(con: &mut redis::Connection) -> u64 {
-    let info: String = redis_cmd(con, &["INFO", "commandstats"]);
-    info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_xread:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| n.parse().expect("calls"))
-}
-
 /// Waits until the reader issues a fresh XREAD (its 2 s BLOCK just began).
 fn fresh_xread(con: &mut redis::Connection) {
     let before = xread_calls(con);

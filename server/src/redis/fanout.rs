@@ -9,11 +9,13 @@
 use std::future::poll_fn;
 use std::rc::Rc;
 use std::task::Poll;
+use std::time::Instant;
 
 use bytes::Bytes;
 use feedgate_core::resp::Entry;
 use feedgate_core::StreamId;
 
+use crate::conn;
 use crate::core::Core;
 
 /// Most entries fanned out before the writers get a turn.
@@ -41,7 +43,9 @@ pub struct Gap {
 }
 
 /// Fans out `batches` (an XREAD reply) slice by slice.
-pub async fn deliver_sliced(core: &Rc<Core>, batches: Vec<Batch>) {
+/// `arrived_after`: when the entries can have reached Redis at the earliest
+/// (the previous read's answer), which starts their write delay.
+pub async fn deliver_sliced(core: &Rc<Core>, batches: Vec<Batch>, arrived_after: Option<Instant>) {
     let mut first = true;
     for batch in &batches {
         let Some(name) = core.settings.channel_of(&batch.key) else {
@@ -64,7 +68,7 @@ pub async fn deliver_sliced(core: &Rc<Core>, batches: Vec<Batch>) {
             if let Some(gap) = gap.take() {
                 hub.announce_gap(name, gap.after, slice[0].id, gap.dropped);
             }
-            hub.deliver_stream(name, slice, &mut frames);
+            conn::deliveries_arrived_after(arrived_after, || hub.deliver_stream(name, slice, &mut frames));
             rest = tail;
         }
     }

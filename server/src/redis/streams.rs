@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use feedgate_core::replay::StreamInfo;
@@ -79,9 +79,11 @@ async fn read_loop(core: &Rc<Core>, conn: &Rc<RespConn>) -> LinkError {
     let mut behind: HashSet<Bytes> = HashSet::new();
     let mut kept_keys = Keys::default();
     let mut ids = Ids::default();
+    let mut coalescing = ReadCoalescing::default();
     loop {
         let cursors = core.hub.borrow().stream_cursors();
-        core.redis.reader_gen.set(core.redis.streams_gen.get());
+        let generation = core.redis.streams_gen.get();
+        core.redis.reader_gen.set(generation);
         if cursors.is_empty() {
             core.redis.tallies.borrow_mut().clear();
             monoio::select! {
@@ -115,6 +117,7 @@ async fn read_loop(core: &Rc<Core>, conn: &Rc<RespConn>) -> LinkError {
                 .zip(&from)
                 .map(|((_, cursor), from)| from.unwrap_or(*cursor)),
         );
+        let arrived_after = coalescing.wait(core, generation, &cursors).await;
         let mut args: Vec<&[u8]> = Vec::with_capacity(6 + 2 * keys.len());
         args.extend_from_slice(&[b"XREAD", b"COUNT", READ_COUNT, b"BLOCK", BLOCK_MS, b"STREAMS"]);
         args.extend(keys.iter().map(Vec::as_slice));
@@ -138,6 +141,7 @@ async fn read_loop(core: &Rc<Core>, conn: &Rc<RespConn>) -> LinkError {
             Ok(reply) => reply,
             Err(e) => return e,
         };
+        coalescing.answered();
         match resp::xread(reply) {
             Ok(streams) => match check_retention(core, conn, &cursors, keys, &from, streams, witness).await {
                 Ok((batches, counts)) => {
@@ -147,7 +151,7 @@ async fn read_loop(core: &Rc<Core>, conn: &Rc<RespConn>) -> LinkError {
                         .filter(|(_, read)| *read > 1)
                         .map(|(b, _)| b.key.clone())
                         .collect();
-                    deliver_sliced(core, batches).await
+                    deliver_sliced(core, batches, arrived_after).await
                 }
                 Err(e) => return e,
             },
@@ -160,6 +164,60 @@ async fn read_loop(core: &Rc<Core>, conn: &Rc<RespConn>) -> LinkError {
             }
         }
     }
+}
+
+/// Read coalescing: when every live stream channel on this core accepts a
+/// write delay, the reader waits half the least of them after each answer
+/// before it reads again, so one XREAD brings several entries per stream.
+/// Measured on the 50 x 5 scenario (results/perf-2026-12-02.md): without it,
+/// the reader's round per entry (command, reply, decode, fan-out pass), not the
+/// client writes, was most of the CPU per delivery, and batching writes alone
+/// saved almost nothing. The deliveries' write delay counts from the previous
+/// answer, so the two waits together stay within the delay.
+#[derive(Default)]
+struct ReadCoalescing {
+    /// The stream set's generation the delay was computed for, and the delay.
+    delay_of: Option<(u64, Duration)>,
+    last_answer: Option<Instant>,
+}
+
+impl ReadCoalescing {
+    /// Waits before the next read when coalescing; returns when the entries of
+    /// that read can have arrived at the earliest (None: not coalescing).
+    async fn wait(&mut self, core: &Core, generation: u64, cursors: &[(Rc<str>, StreamId)]) -> Option<Instant> {
+        let delay = match self.delay_of {
+            Some((of, delay)) if of == generation => delay,
+            _ => {
+                let delay = least_write_delay(core, cursors);
+                self.delay_of = Some((generation, delay));
+                delay
+            }
+        };
+        let since = self.last_answer.filter(|_| !delay.is_zero())?;
+        let until = since + delay / 2;
+        let now = Instant::now();
+        if until > now {
+            monoio::time::sleep(until - now).await;
+        }
+        Some(since)
+    }
+
+    fn answered(&mut self) {
+        self.last_answer = Some(Instant::now());
+    }
+}
+
+/// The least write delay of the namespaces of `cursors`' channels.
+fn least_write_delay(core: &Core, cursors: &[(Rc<str>, StreamId)]) -> Duration {
+    let limits = &core.settings.limits;
+    cursors
+        .iter()
+        .map(|(name, _)| {
+            let namespace = core.settings.namespaces.of(name);
+            Duration::from_micros(namespace.write_delay_us.unwrap_or(limits.write_delay_us))
+        })
+        .min()
+        .unwrap_or(Duration::ZERO)
 }
 
 /// Drops the tallies of channels that are no longer live. Every live stream

@@ -306,6 +306,16 @@ pub fn xadd_data(con: &mut redis::Connection, key: &str, data: &[u8]) -> String 
     xadd(con, key, &[b"data", data])
 }
 
+/// How many XREADs Redis has been sent (`INFO commandstats`); Redis 7.0 counts
+/// a blocking XREAD when it is issued.
+pub fn xread_calls(con: &mut redis::Connection) -> u64 {
+    let info: String = redis_cmd(con, &["INFO", "commandstats"]);
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_xread:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().expect("calls"))
+}
+
 /// `PUBLISH channel body`; returns how many Redis subscribers got it.
 pub fn publish(con: &mut redis::Connection, channel: &str, body: &[u8]) -> i64 {
     redis::cmd("PUBLISH")
