@@ -172,7 +172,7 @@ async fn read_loop(core: &Rc<Core>, conn: &Rc<RespConn>) -> LinkError {
 /// delay, not part of it: the next reply's deliveries are then due on arrival,
 /// so waiting in the reader rather than in the writers gives the same latency
 /// (at most the delay) with half the reads and writes of a half-and-half split.
-/// Measured on the 50 x 5 scenario (results/perf-2026-12-02.md): without it,
+/// Measured on the 50 x 5 scenario (results/perf-2026-12-02*.md): without it,
 /// the reader's round per entry (command, reply, decode, fan-out pass), not the
 /// client writes, was most of the CPU per delivery, and batching writes alone
 /// saved almost nothing. The deliveries' write delay counts from the previous
