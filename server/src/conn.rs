@@ -132,29 +132,32 @@ impl Conn {
     /// Queues a delivery for the client, written within the write delay. Hot
     /// path: a refcount bump and a queue push; the writer is woken, never awaited.
     pub fn send(&self, frame: Bytes) {
-        if self.state.get() != State::Open {
-            return;
+        if self.queue(frame) {
+            self.wake_for_delivery();
         }
-        let pushed = self.out.borrow_mut().push(frame);
-        if pushed.is_err() {
-            self.close(close_code::SLOW_CONSUMER, SLOW_CONSUMER_REASON);
-            return;
-        }
-        self.wake_for_delivery();
     }
 
     /// Queues a reply or control frame, written at once (with whatever
     /// deliveries are queued before it).
     pub fn send_now(&self, frame: Bytes) {
+        if self.queue(frame) {
+            self.urgent.set(true);
+            self.wake.notify();
+        }
+    }
+
+    /// Pushes `frame` into an open connection's queue; an overflow starts the
+    /// close with 4008. Whether the frame was queued.
+    fn queue(&self, frame: Bytes) -> bool {
         if self.state.get() != State::Open {
-            return;
+            return false;
         }
-        if self.out.borrow_mut().push(frame).is_err() {
+        let pushed = self.out.borrow_mut().push(frame);
+        if pushed.is_err() {
             self.close(close_code::SLOW_CONSUMER, SLOW_CONSUMER_REASON);
-            return;
+            return false;
         }
-        self.urgent.set(true);
-        self.wake.notify();
+        true
     }
 
     /// Wakes the writer for a queued delivery. With a write delay, only the
