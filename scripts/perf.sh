@@ -42,17 +42,9 @@ cargo build --release -q -p feedgate-server -p feedgate-loadgen
 cargo build --release -q --manifest-path loadgen/peers/tokio/Cargo.toml
 LOADGEN=$ROOT/target/release/feedgate-loadgen
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-
-RPORT=$(free_port)
-taskset -c "$LOAD_CPU" redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no \
-  --maxclients 20000 --logfile "$RAW/redis.log" &
-PIDS+=($!)
-until redis-cli -p "$RPORT" ping >/dev/null 2>&1; do sleep 0.1; done
+# shellcheck source=scripts/bench_common.sh
+. scripts/bench_common.sh
+start_redis
 REDIS=redis://127.0.0.1:$RPORT
 
 SPID=""

@@ -2,30 +2,8 @@
 import argparse
 import json
 import pathlib
-import statistics
 
-
-def load(raw: pathlib.Path, label: str) -> list[dict]:
-    path = raw / f"{label}.jsonl"
-    if not path.exists():
-        return []
-    runs = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line.startswith("{"):
-            doc = json.loads(line)
-            if "error" not in doc:
-                runs.append(doc)
-    return runs
-
-
-def median(values):
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
-
-
-def fmt(v, digits=0):
-    return "n/a" if v is None else f"{v:,.{digits}f}"
+from compare_summary import fmt, load, median
 
 
 def ratio(a, b):
