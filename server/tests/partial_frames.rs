@@ -17,9 +17,18 @@ fn text(text: &str) -> Vec<u8> {
     client_frame(OP_TEXT, text.as_bytes(), true)
 }
 
+/// A server whose keepalive pings no one during a test: these tests read
+/// exact frame sequences, and a ping of the connection's slot would come
+/// between them.
+fn start_without_pings() -> (Redis, Feedgate) {
+    let redis = Redis::start();
+    let fg = Feedgate::builder(&redis).flag("ping-interval-ms", 3_600_000).start();
+    (redis, fg)
+}
+
 #[test]
 fn a_frame_sent_byte_by_byte_is_read_whole() {
-    let (_redis, fg) = start_default();
+    let (_redis, fg) = start_without_pings();
     let mut ws = WireConn::connect(fg.addr());
     ws.stream.set_nodelay(true).expect("TCP_NODELAY");
     // A 16-bit length form, a ping between two ops, and a frame whose
@@ -40,7 +49,7 @@ fn a_frame_sent_byte_by_byte_is_read_whole() {
 
 #[test]
 fn many_frames_in_one_write_are_all_answered_in_order() {
-    let (_redis, fg) = start_default();
+    let (_redis, fg) = start_without_pings();
     let mut ws = WireConn::connect(fg.addr());
     let mut bytes = Vec::new();
     for req in 0..200 {
@@ -54,7 +63,7 @@ fn many_frames_in_one_write_are_all_answered_in_order() {
 
 #[test]
 fn a_client_holding_half_a_frame_delays_nobody() {
-    let (_redis, fg) = start_default();
+    let (_redis, fg) = start_without_pings();
     let frame = text(r#"{"op":"ping","req":7}"#);
     let (head, tail) = frame.split_at(5);
     let mut stalled = WireConn::connect(fg.addr());
